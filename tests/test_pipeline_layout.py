@@ -1,0 +1,43 @@
+"""dvc.yaml is the single record of lineage: check it agrees with the stage modules."""
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+DVC = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+
+
+def test_every_stage_runs_its_own_module_which_is_a_dep():
+    for name, stage in DVC.items():
+        assert stage["cmd"] == f"python -m stages.{name}", name
+        assert f"stages/{name}.py" in stage["deps"], f"{name}: its script must be a dep of its own stage"
+        module = importlib.import_module(f"stages.{name}")
+        assert callable(getattr(module, "main", None)), name
+        assert len((REPO / f"stages/{name}.py").read_text().splitlines()) < 150, f"{name}: keep stage modules small"
+
+
+def test_every_stage_declares_its_privacy_class():
+    for name, stage in DVC.items():
+        assert stage.get("meta", {}).get("privacy") in {"private", "dp", "public"}, name
+
+
+def test_stage_shared_modules_are_deps():
+    # A stage importing a shared module must list it, or edits to it would not re-run the stage.
+    for name, stage in DVC.items():
+        source = (REPO / f"stages/{name}.py").read_text()
+        for mod in ("instructions_io", "text_filters", "quality", "model_io"):
+            if f"stages.{mod} import" in source or f"import {mod}" in source:
+                assert f"stages/{mod}.py" in stage["deps"], f"{name} imports stages/{mod}.py but does not depend on it"
+
+
+def test_prepare_outputs_match_dvc_yaml():
+    from stages import prepare
+
+    assert set(prepare.OUT.values()) == set(DVC["prepare"]["outs"])
+
+
+def test_dvc_analytics_off_in_repo_config():
+    assert "analytics = false" in (REPO / ".dvc/config").read_text()
