@@ -1,0 +1,71 @@
+"""The privacy ledger: one JSON entry per DP stage under metrics/privacy/, composed by `account`.
+
+An entry states the mechanism and everything needed to recompute its epsilon: noise multiplier,
+sampling rate, steps actually taken, sensitivity (noise std = noise_multiplier x sensitivity),
+neighbouring relation, delta, and the dp_accounting event itself, serialised with
+``DpEvent.to_named_tuple`` so that ``event_from_json(entry["dp_event"])`` rebuilds it exactly.
+"""
+from __future__ import annotations
+
+import json
+import math
+from collections import namedtuple
+from pathlib import Path
+
+import dp_accounting
+
+from stages.privacy_accounting import NEIGHBOURING, epsilon_pld, epsilon_prv
+
+LEDGER_DIR = Path("metrics/privacy")
+
+
+def event_to_json(event: dp_accounting.DpEvent) -> dict:
+    def convert(value):
+        if hasattr(value, "_fields"):
+            return {f: convert(getattr(value, f)) for f in value._fields}
+        if isinstance(value, (list, tuple)):
+            return [convert(v) for v in value]
+        return value
+
+    return convert(event.to_named_tuple())
+
+
+def event_from_json(obj: dict) -> dp_accounting.DpEvent:
+    def convert(value):
+        if isinstance(value, dict) and "class_name" in value:
+            fields = {k: convert(v) for k, v in value.items()}
+            return namedtuple(f"_{value['class_name']}", fields)(**fields)
+        if isinstance(value, list):
+            return [convert(v) for v in value]
+        return value
+
+    return dp_accounting.DpEvent.from_named_tuple(convert(obj))
+
+
+def finite(x: float) -> float | str:
+    # JSON has no infinity; "inf" keeps the ledger valid JSON and is read back by params.as_float.
+    return x if math.isfinite(x) else "inf"
+
+
+def make_entry(*, stage: str, mechanism: str, noise_multiplier: float, sampling_rate: float, steps: int,
+               sensitivity: float, delta: float, event: dp_accounting.DpEvent, **extra) -> dict:
+    """A ledger entry with this stage's own epsilon (PLD) and its PRV cross-check."""
+    private = noise_multiplier > 0
+    return {
+        "stage": stage, "mechanism": mechanism, "private": private,
+        "noise_multiplier": noise_multiplier, "sampling_rate": sampling_rate, "steps": steps,
+        "sensitivity": finite(sensitivity), "noise_std": noise_multiplier * sensitivity if private else 0.0,
+        "neighbouring": NEIGHBOURING, "delta": delta,
+        "epsilon": finite(epsilon_pld([event], delta)),
+        "epsilon_prv": finite(epsilon_prv([(noise_multiplier, sampling_rate, steps)], delta)) if steps else 0.0,
+        "accountant": "dp_accounting PLD (cross-check: opacus PRV)",
+        "dp_event": event_to_json(event), **extra,
+    }
+
+
+def entry_path(stage: str) -> Path:
+    return LEDGER_DIR / f"{stage}.json"
+
+
+def read_entries(directory: Path = LEDGER_DIR) -> list[dict]:
+    return [json.loads(p.read_text()) for p in sorted(Path(directory).glob("*.json"))]
