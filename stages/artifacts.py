@@ -66,7 +66,7 @@ class Outputs:
 
     def write_json(self, obj, final) -> None:
         with open(self.path(final), "w", encoding="utf-8") as f:
-            json.dump(obj, f, indent=2, sort_keys=True)
+            json.dump(obj, f, indent=2, sort_keys=True, allow_nan=False)  # strict JSON for every reader
             f.write("\n")
 
     @staticmethod

@@ -15,6 +15,7 @@ generation prompt is context, not target), so each record contributes one gradie
 """
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -24,6 +25,9 @@ from opacus import GradSampleModule
 from opacus.optimizers import DPOptimizer
 
 IGNORE = -100
+# opacus hooks the LoRA layers with full backward hooks; the frozen embedding input has no grad,
+# which torch reports on every step although it is exactly what we want.
+warnings.filterwarnings("ignore", message="Full backward hook is firing")
 
 
 def build_examples(tokenizer, instructions: list[str], prompt: str, max_len: int) -> tuple[list[list[int]], int]:

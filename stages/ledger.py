@@ -42,25 +42,32 @@ def event_from_json(obj: dict) -> dp_accounting.DpEvent:
     return dp_accounting.DpEvent.from_named_tuple(convert(obj))
 
 
-def finite(x: float) -> float | str:
-    # JSON has no infinity; "inf" keeps the ledger valid JSON and is read back by params.as_float.
-    return x if math.isfinite(x) else "inf"
+def finite(x):
+    """JSON has no infinity: non-finite floats (also nested) become "inf"/"-inf"/"nan", which
+    params.as_float reads back."""
+    if isinstance(x, dict):
+        return {k: finite(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [finite(v) for v in x]
+    if isinstance(x, float) and not math.isfinite(x):
+        return str(x)
+    return x
 
 
 def make_entry(*, stage: str, mechanism: str, noise_multiplier: float, sampling_rate: float, steps: int,
                sensitivity: float, delta: float, event: dp_accounting.DpEvent, **extra) -> dict:
     """A ledger entry with this stage's own epsilon (PLD) and its PRV cross-check."""
     private = noise_multiplier > 0
-    return {
+    return finite({
         "stage": stage, "mechanism": mechanism, "private": private,
         "noise_multiplier": noise_multiplier, "sampling_rate": sampling_rate, "steps": steps,
-        "sensitivity": finite(sensitivity), "noise_std": noise_multiplier * sensitivity if private else 0.0,
+        "sensitivity": sensitivity, "noise_std": noise_multiplier * sensitivity if private else 0.0,
         "neighbouring": NEIGHBOURING, "delta": delta,
-        "epsilon": finite(epsilon_pld([event], delta)),
-        "epsilon_prv": finite(epsilon_prv([(noise_multiplier, sampling_rate, steps)], delta)) if steps else 0.0,
+        "epsilon": epsilon_pld([event], delta),
+        "epsilon_prv": epsilon_prv([(noise_multiplier, sampling_rate, steps)], delta),
         "accountant": "dp_accounting PLD (cross-check: opacus PRV)",
         "dp_event": event_to_json(event), **extra,
-    }
+    })
 
 
 def entry_path(stage: str) -> Path:

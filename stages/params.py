@@ -25,7 +25,7 @@ def section(params: dict, name: str) -> dict:
 
 def as_float(value) -> float:
     """`dvc exp run -S privacy.epsilon=8` writes the int 8 and YAML reads `.inf` as a float; accept both."""
-    if isinstance(value, str) and value.strip().lower() in {"inf", ".inf", "infinity"}:
+    if isinstance(value, str) and value.strip().lower().lstrip("+") in {"inf", ".inf", "infinity"}:
         return math.inf
     return float(value)
 

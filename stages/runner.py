@@ -21,7 +21,8 @@ os.environ.setdefault("DVC_NO_ANALYTICS", "1")
 
 def setup_logging() -> None:
     logging.basicConfig(level=os.environ.get("DPI_LOG_LEVEL", "INFO"),
-                        format="%(asctime)s %(name)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s", datefmt="%H:%M:%S",
+                        force=True)  # some imports configure the root logger first
     # great_expectations.data_context.types.base pins itself to INFO, so name it explicitly.
     for noisy in ("great_expectations", "great_expectations.data_context.types.base", "urllib3", "filelock", "httpx"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

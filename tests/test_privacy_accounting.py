@@ -1,0 +1,103 @@
+"""Accounting and budget calibration, checked against independent dp_accounting / opacus calls."""
+from __future__ import annotations
+
+import json
+import math
+
+import dp_accounting
+import pytest
+from dp_accounting.rdp import rdp_privacy_accountant
+
+from stages import ledger
+from stages import privacy_accounting as acct
+from stages.errors import PrivacyConfigError
+
+PRIVACY = {"epsilon": 6.0, "delta": 1e-5}
+HIST = {"sigma": 10.0}
+
+
+def test_dp_sgd_event_matches_a_hand_built_event_and_rdp_bounds_it():
+    q, sigma, steps, delta = 0.02, 0.9, 200, 1e-6
+    event = acct.dp_sgd_event(sigma, q, steps)
+    manual = dp_accounting.SelfComposedDpEvent(
+        dp_accounting.PoissonSampledDpEvent(q, dp_accounting.GaussianDpEvent(sigma)), steps)
+    assert event == manual
+    pld = acct.epsilon_pld([event], delta)
+    rdp = rdp_privacy_accountant.RdpAccountant().compose(manual).get_epsilon(delta)
+    prv = acct.epsilon_prv([(sigma, q, steps)], delta)
+    assert pld < rdp  # PLD is tighter than RDP...
+    assert abs(pld - prv) < 0.05  # ...and agrees with an independent accountant
+
+
+def test_gaussian_histogram_matches_the_analytic_gaussian_mechanism():
+    # Balle & Wang's exact epsilon for one Gaussian mechanism, computed independently of PLD.
+    sigma, delta = 10.0, 1e-5
+    exact = dp_accounting.get_epsilon_gaussian(sigma, delta)
+    assert acct.epsilon_pld([acct.histogram_event(sigma)], delta) == pytest.approx(exact, abs=1e-3)
+
+
+@pytest.mark.parametrize("target", [1.0, 3.0, 6.0])
+def test_calibration_meets_the_composed_target_tightly(target):
+    q, steps, delta, hist = 128 / 3828, 15, 1e-5, 10.0
+    sigma, composed = acct.calibrate_noise_multiplier(target, delta, q, steps, hist)
+    assert target - 0.05 <= composed <= target
+    # inverse check: recompute the composition from scratch
+    again = acct.epsilon_pld([acct.dp_sgd_event(sigma, q, steps), acct.histogram_event(hist)], delta)
+    assert again == pytest.approx(composed) and again <= target
+    # and a little less noise would exceed the target
+    assert acct.epsilon_pld([acct.dp_sgd_event(sigma * 0.98, q, steps), acct.histogram_event(hist)], delta) > target
+
+
+def test_paper_setting_gives_noise_multiplier_near_0_8():
+    # N=180,000, expected batch 4,096, 10 epochs (T=439), delta 5e-7, histogram sigma 10, target 5.94
+    plan = acct.plan_generator({"epsilon": 5.94, "delta": 5e-7}, HIST, n_records=180_000, batch_size=4096,
+                               epochs=10, clip_norm=0.5)
+    assert plan.steps == 439
+    assert plan.noise_multiplier == pytest.approx(0.8, abs=0.03)
+    assert 5.89 <= plan.composed_epsilon <= 5.94
+    assert abs(plan.composed_epsilon_prv - plan.composed_epsilon) < 0.05
+
+
+@pytest.mark.parametrize("privacy, hist, n, batch, message", [
+    ({"epsilon": 6.0, "delta": 1e-3}, HIST, 1000, 100, r"delta=0.001 must be in \(0, 1/N\)"),
+    ({"epsilon": 6.0, "delta": 1e-4}, HIST, 10000, 100, r"must be in \(0, 1/N\)"),  # delta == 1/N
+    ({"epsilon": 0.02, "delta": 1e-6}, {"sigma": 1.0}, 10000, 100, r"histogram alone .* spends epsilon"),
+    ({"delta": 1e-6}, HIST, 10000, 100, r"must set privacy.epsilon"),
+    ({"epsilon": 6.0}, HIST, 10000, 100, r"must set privacy.delta"),
+    ({"epsilon": 6.0, "delta": 1e-6}, {}, 10000, 100, r"must set histogram.sigma"),
+    (None, HIST, 10000, 100, r"must set privacy.epsilon"),
+    ({"epsilon": 6.0, "delta": 1e-6}, HIST, 50, 100, r"expected batch size 100.0 must be in \(0, N=50\]"),
+    ({"epsilon": 6.0, "delta": 1e-6}, {"sigma": 0}, 10000, 100, r"histogram.sigma must be > 0"),
+    ({"epsilon": -1, "delta": 1e-6}, HIST, 10000, 100, r"must be positive"),
+])
+def test_unsafe_configurations_are_refused(privacy, hist, n, batch, message):
+    with pytest.raises(PrivacyConfigError, match=message):
+        acct.plan_generator(privacy, hist, n_records=n, batch_size=float(batch), epochs=1.0, clip_norm=0.5)
+
+
+def test_non_private_plan_and_int_epsilon_from_dvc_exp():
+    plan = acct.plan_generator({"epsilon": ".inf", "delta": 1e-5}, HIST, n_records=1000, batch_size=100.0,
+                               epochs=1.0, clip_norm=0.5)
+    assert not plan.private and plan.noise_multiplier == 0 and math.isinf(plan.clip_norm)
+    assert math.isinf(plan.composed_epsilon)
+    # `dvc exp run -S privacy.epsilon=8` writes the int 8
+    plan = acct.plan_generator({"epsilon": 8, "delta": 1e-4}, HIST, n_records=1000, batch_size=100.0,
+                               epochs=1.0, clip_norm=0.5)
+    assert plan.private and plan.composed_epsilon <= 8
+
+
+def test_ledger_entry_round_trips_its_event_and_is_strict_json():
+    event = acct.dp_sgd_event(0.7, 0.05, 40)
+    entry = ledger.make_entry(stage="s", mechanism="poisson_subsampled_gaussian", noise_multiplier=0.7,
+                              sampling_rate=0.05, steps=40, sensitivity=0.5, delta=1e-5, event=event)
+    text = json.dumps(entry, allow_nan=False)
+    back = json.loads(text)
+    assert ledger.event_from_json(back["dp_event"]) == event
+    assert back["epsilon"] == pytest.approx(
+        dp_accounting.pld.PLDAccountant().compose(event).get_epsilon(1e-5), rel=1e-6)
+    assert back["noise_std"] == pytest.approx(0.35)
+    nonprivate = ledger.make_entry(stage="s", mechanism="poisson_subsampled_gaussian", noise_multiplier=0.0,
+                                   sampling_rate=0.05, steps=40, sensitivity=math.inf, delta=1e-5,
+                                   event=acct.dp_sgd_event(0.0, 0.05, 40))
+    assert json.loads(json.dumps(nonprivate, allow_nan=False))["epsilon"] == "inf"
+    assert nonprivate["private"] is False

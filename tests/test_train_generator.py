@@ -1,0 +1,106 @@
+"""The train_generator stage end to end on a tiny slice of the shipped data."""
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+
+import pytest
+import torch
+
+from stages import dp_training, prepare, train_generator as stage
+from stages.artifacts import Outputs
+from stages.errors import PrivacyConfigError
+
+
+def tiny(project, **train):
+    """24 private train rows, T = 3 steps of expected batch 8."""
+    project.params["prepare"].update(train_size=24, val_size=10, test_size=10, public_size=20)
+    project.params["privacy"].update(epsilon=6.0, delta=1e-3)
+    project.params["train_generator"].update(batch_size=8, epochs=1.0, checkpoint_every=1, micro_batch_tokens=256,
+                                             **train)
+    project.save()
+    with Outputs() as out:
+        prepare.prepare(project.params, out)
+
+
+def run(project):
+    project.save()
+    with Outputs() as out:
+        return stage.train(project.params, out)
+
+
+def adapter_digest(root) -> str:
+    return hashlib.sha256((root / stage.ADAPTER_DIR / "adapter_model.safetensors").read_bytes()).hexdigest()
+
+
+def test_trains_a_loadable_adapter_and_writes_the_ledger(project, generator_dir):
+    tiny(project)
+    entry = run(project)
+    saved = json.loads((project.root / "metrics/privacy/train_generator.json").read_text())
+    assert saved == json.loads(json.dumps(entry))
+    for key in ("stage", "mechanism", "noise_multiplier", "sampling_rate", "steps", "sensitivity", "neighbouring",
+                "delta", "epsilon", "epsilon_prv", "dp_event"):
+        assert key in saved, key
+    assert saved["mechanism"] == "poisson_subsampled_gaussian" and saved["neighbouring"] == "add_or_remove_one"
+    assert saved["steps"] == 3 and saved["sampling_rate"] == pytest.approx(8 / 24) and saved["sensitivity"] == 0.5
+    assert saved["plan"]["composed_epsilon"] <= 6.0 and saved["epsilon"] < saved["plan"]["composed_epsilon"]
+    assert abs(saved["epsilon"] - saved["epsilon_prv"]) < 0.1
+
+    from peft import PeftModel
+    from stages.model_io import load_generator
+
+    base, _ = load_generator(generator_dir)
+    reference = {k: v.clone() for k, v in base.state_dict().items()}
+    tuned = PeftModel.from_pretrained(base, str(project.root / stage.ADAPTER_DIR))
+    merged = tuned.merge_and_unload().state_dict()
+    changed = [k for k in reference if not torch.equal(reference[k], merged[k])]
+    assert changed and all("q_proj" in k or "v_proj" in k for k in changed)  # the adapter is real
+    assert (project.root / "dvclive/train_generator/plots/metrics/loss.tsv").read_text().count("\n") == 4
+
+
+def test_killed_run_resumes_to_the_same_adapter(project, monkeypatch):
+    tiny(project)
+    run(project)
+    uninterrupted = adapter_digest(project.root)
+    ledger = json.loads((project.root / "metrics/privacy/train_generator.json").read_text())
+
+    for p in ("data/adapters", "data/checkpoints", "metrics/privacy", "dvclive"):
+        shutil.rmtree(project.root / p, ignore_errors=True)
+    real_step, calls = dp_training.DPAdam.step, []
+
+    def dying_step(self, micro):
+        if len(calls) == 2:
+            raise KeyboardInterrupt("killed")
+        calls.append(1)
+        return real_step(self, micro)
+
+    monkeypatch.setattr(dp_training.DPAdam, "step", dying_step)
+    with pytest.raises(KeyboardInterrupt):
+        run(project)
+    assert not (project.root / stage.ADAPTER_DIR).exists()  # nothing half-written
+    assert torch.load(project.root / stage.CHECKPOINT_DIR / "state.pt", weights_only=False)["step"] == 2
+    steps_taken = []
+    monkeypatch.setattr(dp_training.DPAdam, "step", lambda self, m: steps_taken.append(1) or real_step(self, m))
+    run(project)
+    assert len(steps_taken) == 1  # only the missing step ran
+    assert adapter_digest(project.root) == uninterrupted
+    assert json.loads((project.root / "metrics/privacy/train_generator.json").read_text()) == ledger
+
+
+def test_non_private_mode_uses_the_same_path_and_says_so(project):
+    tiny(project)
+    project.params["privacy"]["epsilon"] = ".inf"
+    entry = run(project)
+    assert entry["private"] is False and entry["noise_multiplier"] == 0.0
+    assert entry["epsilon"] == "inf" and entry["sensitivity"] == "inf"
+
+
+def test_unsafe_budget_is_refused_before_any_training(project, monkeypatch):
+    tiny(project)
+    project.params["privacy"]["delta"] = 0.5
+    monkeypatch.setattr(stage, "lora_model", lambda cfg: pytest.fail("model loaded before the privacy check"))
+    with pytest.raises(PrivacyConfigError, match="delta=0.5 must be in"):
+        run(project)
+    assert not (project.root / stage.ADAPTER_DIR).exists()
+    assert not (project.root / "metrics/privacy").exists()
