@@ -5,7 +5,7 @@ draws from (Poisson sampler, noise generator, dropout). Resuming therefore repla
 batches and noise of an uninterrupted run: no step is re-sampled with fresh noise, so nothing
 beyond the T accounted steps is ever computed on the data (in secure_mode the noise source cannot
 be replayed; the resumed steps use fresh noise and still number T in total). A checkpoint is used
-only if its params hash matches the current run.
+only by the same run: same params, privacy plan, train data and base weights (`run_key`).
 """
 from __future__ import annotations
 
@@ -40,7 +40,7 @@ def load(directory: Path, params_hash: str) -> dict | None:
         return None
     state = torch.load(path, weights_only=False)
     if state["params_hash"] != params_hash:
-        log.info("checkpoint in %s is from other params; starting from step 0", directory)
+        log.info("checkpoint in %s is from another run (params, plan, data or weights differ); starting at step 0", directory)
         return None
     return state
 

@@ -97,7 +97,8 @@ class DPAdam:
         # opacus multiplies noise_multiplier by max_grad_norm; inf x 0 would be nan, so "no clipping"
         # is a finite norm no gradient reaches.
         # secure_mode draws noise from a cryptographic source, which cannot be seeded or replayed.
-        self.noise_generator = None if secure_mode else torch.Generator().manual_seed(noise_seed)
+        # opacus draws noise on the parameters' device, so the generator must live there too.
+        self.noise_generator = None if secure_mode else torch.Generator(params[0].device).manual_seed(noise_seed)
         self.optimizer = DPOptimizer(torch.optim.Adam(params, lr=lr), noise_multiplier=noise_multiplier,
                                      max_grad_norm=clip_norm if np.isfinite(clip_norm) else 1e30,
                                      expected_batch_size=expected_batch_size, loss_reduction="mean",

@@ -9,6 +9,7 @@ data/checkpoints/train_generator let a killed run resume bit-identically.
 """
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 from pathlib import Path
@@ -49,6 +50,14 @@ def lora_model(cfg: dict):
     return get_peft_model(model, lora), tokenizer
 
 
+def digest(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 24), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
 def spent_epsilon(p: acct.GeneratorPlan, steps: int) -> float:
     if not p.private or steps == 0:
         return math.inf if not p.private else 0.0
@@ -65,6 +74,9 @@ def train(params: dict, out) -> dict:
     log.info("plan: N=%d q=%.4g T=%d sigma=%.4f C=%s -> composed epsilon %.3f (PLD), %.3f (PRV) at delta %g",
              len(instructions), p.sampling_rate, p.steps, p.noise_multiplier, p.clip_norm, p.composed_epsilon,
              p.composed_epsilon_prv, p.delta)
+    # A checkpoint may be resumed only by the very same run: same params, plan (noise, rate,
+    # steps), data and base weights; anything else would mix two mechanisms under one ledger entry.
+    run_key = P.params_hash(phash, p.as_dict(), digest(TRAIN), digest(GENERATOR_DIR / "model.safetensors"))
     torch.manual_seed(cfg["seed"])
     model, tokenizer = lora_model(cfg)
     examples, prompt_len = build_examples(tokenizer, instructions, cfg["prompt"], cfg["max_seq_len"])
@@ -73,7 +85,7 @@ def train(params: dict, out) -> dict:
                 expected_batch_size=p.expected_batch_size, noise_seed=cfg["seed"] + 1,
                 secure_mode=bool(params["privacy"].get("secure_mode", False)), autocast_bf16=bool(cfg["bf16"]))
     sampler = np.random.default_rng(cfg["seed"])
-    state = checkpoint.load(CHECKPOINT_DIR, phash)
+    state = checkpoint.load(CHECKPOINT_DIR, run_key)
     start = checkpoint.restore(state, model=model, optimizer=dp.optimizer, sampler_rng=sampler,
                                noise_generator=dp.noise_generator) if state else 0
     live = Live(str(LIVE_DIR), resume=start > 0, save_dvc_exp=False, dvcyaml=None, report=None)
@@ -91,7 +103,7 @@ def train(params: dict, out) -> dict:
             live.log_metric("epsilon", eps)
         live.next_step()
         if (step + 1) % cfg["checkpoint_every"] == 0 and step + 1 < p.steps:
-            checkpoint.save(CHECKPOINT_DIR, step=step + 1, params_hash=phash, model=model, optimizer=dp.optimizer,
+            checkpoint.save(CHECKPOINT_DIR, step=step + 1, params_hash=run_key, model=model, optimizer=dp.optimizer,
                             sampler_rng=sampler, noise_generator=dp.noise_generator)
     live.end()
     model.save_pretrained(out.path(ADAPTER_DIR))

@@ -88,6 +88,26 @@ def test_killed_run_resumes_to_the_same_adapter(project, monkeypatch):
     assert json.loads((project.root / "metrics/privacy/train_generator.json").read_text()) == ledger
 
 
+def test_checkpoint_of_another_plan_is_not_resumed(project, monkeypatch):
+    tiny(project)
+    real_step, calls = dp_training.DPAdam.step, []
+
+    def dying_step(self, micro):
+        if len(calls) == 2:
+            raise KeyboardInterrupt("killed")
+        calls.append(1)
+        return real_step(self, micro)
+
+    monkeypatch.setattr(dp_training.DPAdam, "step", dying_step)
+    with pytest.raises(KeyboardInterrupt):
+        run(project)
+    project.params["privacy"]["epsilon"] = 4.0  # another noise multiplier: the 2 old steps do not count
+    steps_taken = []
+    monkeypatch.setattr(dp_training.DPAdam, "step", lambda self, m: steps_taken.append(1) or real_step(self, m))
+    entry = run(project)
+    assert len(steps_taken) == entry["steps"] == 3
+
+
 def test_non_private_mode_uses_the_same_path_and_says_so(project):
     tiny(project)
     project.params["privacy"]["epsilon"] = ".inf"

@@ -1,0 +1,138 @@
+"""Benchmark of the train_generator stage's DP training (issue: Algorithm 1).
+
+Run from the repository root after `dvc repro prepare` (needs data/prepared and data/models):
+    .venv/bin/python -m tests.benchmarks.bench_train_generator [--fraction 1.0]
+It runs each variant in its own process (so peak memory is per variant) and prints one JSON:
+  (a) step_ratio: one DP step / one non-private step on the same micro-batches;
+  (b) epoch_ratio: `fraction` of a DP epoch with this stage's recipe (length-sorted micro-batches
+      under a token budget, padding to each micro-batch's longest row) / the naive recipe (every
+      row padded to 64 tokens, fp32, plain opacus make_private + BatchMemoryManager);
+  (c) peak RSS of each variant.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pandas as pd
+import torch
+import yaml
+
+TRAIN = "data/prepared/train.parquet"
+MAX_LEN, PHYSICAL = 64, 16
+
+
+def setup():
+    from stages.train_generator import lora_model
+    from stages.dp_training import build_examples
+
+    cfg = yaml.safe_load(open("params.yaml"))["train_generator"]
+    torch.manual_seed(0)
+    model, tok = lora_model(cfg)
+    texts = pd.read_parquet(TRAIN).instruction.tolist()
+    examples, prompt_len = build_examples(tok, texts, cfg["prompt"], MAX_LEN)
+    return cfg, model, tok, examples, prompt_len
+
+
+def ours(fraction: float) -> dict:
+    from stages import dp_training as D
+
+    cfg, model, tok, examples, prompt_len = setup()
+    lengths, q = np.array([len(e) for e in examples]), cfg["batch_size"] / len(examples)
+    dp = D.DPAdam(model, lr=1e-3, noise_multiplier=0.6, clip_norm=0.5, expected_batch_size=cfg["batch_size"], noise_seed=0)
+    rng, steps = np.random.default_rng(0), max(1, round(fraction / q))
+    start = time.perf_counter()
+    for _ in range(steps):
+        idx = D.poisson_sample(rng, len(examples), q)
+        dp.step([D.collate([examples[i] for i in b], prompt_len, tok.pad_token_id)
+                 for b in D.micro_batches(idx, lengths, cfg["micro_batch_tokens"])])
+    return {"variant": "ours", "steps": steps, "seconds": time.perf_counter() - start}
+
+
+def naive(fraction: float) -> dict:
+    from opacus import PrivacyEngine
+    from opacus.utils.batch_memory_manager import BatchMemoryManager
+    from stages import dp_training as D
+
+    cfg, model, tok, examples, prompt_len = setup()
+    padded = D.collate(examples, prompt_len, tok.pad_token_id)  # to the longest row...
+    width = MAX_LEN - padded["input_ids"].shape[1]  # ...then to 64 for every row
+    fill = {"input_ids": tok.pad_token_id, "attention_mask": 0, "labels": D.IGNORE}
+    tensors = [torch.nn.functional.pad(padded[k], (0, width), value=fill[k]) for k in ("input_ids", "attention_mask", "labels")]
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(*tensors), batch_size=cfg["batch_size"])
+    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-3)
+    module, optimizer, loader = PrivacyEngine().make_private(module=model, optimizer=optimizer, data_loader=loader,
+                                                             noise_multiplier=0.6, max_grad_norm=0.5, poisson_sampling=True)
+    steps, done = max(1, round(fraction * len(examples) / cfg["batch_size"])), 0
+    start = time.perf_counter()
+    with BatchMemoryManager(data_loader=loader, max_physical_batch_size=PHYSICAL, optimizer=optimizer) as batches:
+        for ids, mask, labels in batches:
+            if len(ids):
+                D.per_example_loss(module, {"input_ids": ids, "attention_mask": mask, "labels": labels}).mean().backward()
+            optimizer.step()
+            optimizer.zero_grad()
+            done += not optimizer._is_last_step_skipped
+            if done == steps:
+                break
+    return {"variant": "naive", "steps": steps, "seconds": time.perf_counter() - start}
+
+
+def step_pair(_: float) -> dict:
+    """One DP step and one non-private step (plain Adam, same micro-batches), 3 repeats each."""
+    from stages import dp_training as D
+
+    cfg, model, tok, examples, prompt_len = setup()
+    lengths, rng = np.array([len(e) for e in examples]), np.random.default_rng(0)
+    idx = rng.choice(len(examples), cfg["batch_size"], replace=False)
+    micro = [D.collate([examples[i] for i in b], prompt_len, tok.pad_token_id)
+             for b in D.micro_batches(idx, lengths, cfg["micro_batch_tokens"])]
+    plain_opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-3)
+    plain = []
+    for _ in range(3):
+        start = time.perf_counter()
+        for b in micro:
+            D.per_example_loss(model, b).sum().backward()
+        plain_opt.step()
+        plain_opt.zero_grad()
+        plain.append(time.perf_counter() - start)
+    dp = D.DPAdam(model, lr=1e-3, noise_multiplier=0.6, clip_norm=0.5, expected_batch_size=len(idx), noise_seed=0)
+    private = []
+    for _ in range(3):
+        start = time.perf_counter()
+        dp.step(micro)
+        private.append(time.perf_counter() - start)
+    return {"variant": "step", "batch": len(idx), "dp_step_s": min(private), "plain_step_s": min(plain)}
+
+
+VARIANTS = {"ours": ours, "naive": naive, "step": step_pair}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--fraction", type=float, default=1.0, help="fraction of an epoch for (b)")
+    parser.add_argument("--variant", choices=VARIANTS)
+    args = parser.parse_args()
+    if args.variant:
+        result = VARIANTS[args.variant](args.fraction)
+        result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        print(json.dumps(result))
+        return
+    results = {}
+    for v in ("step", "ours", "naive"):
+        out = subprocess.run([sys.executable, "-m", "tests.benchmarks.bench_train_generator", "--variant", v,
+                              "--fraction", str(args.fraction)], check=True, capture_output=True, text=True).stdout
+        results[v] = json.loads(out.strip().splitlines()[-1])
+        print(v, results[v], file=sys.stderr, flush=True)
+    results["step_ratio"] = results["step"]["dp_step_s"] / results["step"]["plain_step_s"]
+    results["epoch_ratio"] = results["ours"]["seconds"] / results["naive"]["seconds"]
+    results["fraction_of_epoch"] = args.fraction
+    print(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,22 @@
+"""Benchmarks, outside the default suite: `.venv/bin/python -m pytest -m benchmark -s`."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.benchmark
+def test_train_generator_speed():
+    if not (REPO / "data/prepared/train.parquet").exists():
+        pytest.skip("run `dvc repro prepare` first")
+    fraction = os.environ.get("BENCH_EPOCH_FRACTION", "1.0")
+    out = subprocess.run([sys.executable, "-m", "tests.benchmarks.bench_train_generator", "--fraction", fraction],
+                         cwd=REPO, check=True, capture_output=True, text=True).stdout
+    results = json.loads(out[out.index("{"):])
+    print(json.dumps(results, indent=2))
+    assert results["epoch_ratio"] <= 0.33, results
