@@ -30,6 +30,22 @@ def run(project):
         return stage.train(project.params, out)
 
 
+def kill_after_two_steps(project, monkeypatch):
+    """Run the stage and 'kill' it (KeyboardInterrupt) when it starts its third step."""
+    real_step, calls = dp_training.DPAdam.step, []
+
+    def dying_step(self, micro):
+        if len(calls) == 2:
+            raise KeyboardInterrupt("killed")
+        calls.append(1)
+        return real_step(self, micro)
+
+    monkeypatch.setattr(dp_training.DPAdam, "step", dying_step)
+    with pytest.raises(KeyboardInterrupt):
+        run(project)
+    return real_step
+
+
 def adapter_digest(root) -> str:
     return hashlib.sha256((root / stage.ADAPTER_DIR / "adapter_model.safetensors").read_bytes()).hexdigest()
 
@@ -67,17 +83,7 @@ def test_killed_run_resumes_to_the_same_adapter(project, monkeypatch):
 
     for p in ("data/adapters", "data/checkpoints", "metrics/privacy", "dvclive"):
         shutil.rmtree(project.root / p, ignore_errors=True)
-    real_step, calls = dp_training.DPAdam.step, []
-
-    def dying_step(self, micro):
-        if len(calls) == 2:
-            raise KeyboardInterrupt("killed")
-        calls.append(1)
-        return real_step(self, micro)
-
-    monkeypatch.setattr(dp_training.DPAdam, "step", dying_step)
-    with pytest.raises(KeyboardInterrupt):
-        run(project)
+    real_step = kill_after_two_steps(project, monkeypatch)
     assert not (project.root / stage.ADAPTER_DIR).exists()  # nothing half-written
     assert torch.load(project.root / stage.CHECKPOINT_DIR / "state.pt", weights_only=False)["step"] == 2
     steps_taken = []
@@ -90,17 +96,7 @@ def test_killed_run_resumes_to_the_same_adapter(project, monkeypatch):
 
 def test_checkpoint_of_another_plan_is_not_resumed(project, monkeypatch):
     tiny(project)
-    real_step, calls = dp_training.DPAdam.step, []
-
-    def dying_step(self, micro):
-        if len(calls) == 2:
-            raise KeyboardInterrupt("killed")
-        calls.append(1)
-        return real_step(self, micro)
-
-    monkeypatch.setattr(dp_training.DPAdam, "step", dying_step)
-    with pytest.raises(KeyboardInterrupt):
-        run(project)
+    real_step = kill_after_two_steps(project, monkeypatch)
     project.params["privacy"]["epsilon"] = 4.0  # another noise multiplier: the 2 old steps do not count
     steps_taken = []
     monkeypatch.setattr(dp_training.DPAdam, "step", lambda self, m: steps_taken.append(1) or real_step(self, m))
