@@ -10,6 +10,7 @@ data/checkpoints/train_generator let a killed run resume bit-identically.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import math
 from pathlib import Path
@@ -48,6 +49,17 @@ def lora_model(cfg: dict):
     lora = LoraConfig(r=cfg["lora"]["r"], lora_alpha=cfg["lora"]["alpha"], lora_dropout=cfg["lora"]["dropout"],
                       target_modules=list(cfg["lora"]["target_modules"]), task_type="CAUSAL_LM")
     return get_peft_model(model, lora), tokenizer
+
+
+def save_adapter(model, target: Path) -> None:
+    model.save_pretrained(target)
+    # peft keeps target_modules as a set, so its JSON order follows PYTHONHASHSEED and the adapter's
+    # hash would change from run to run with identical weights; sort it.
+    config_path = Path(target) / "adapter_config.json"
+    config = json.loads(config_path.read_text())
+    if isinstance(config.get("target_modules"), list):
+        config["target_modules"] = sorted(config["target_modules"])
+    config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
 
 
 def digest(path: Path) -> str:
@@ -106,7 +118,7 @@ def train(params: dict, out) -> dict:
             checkpoint.save(CHECKPOINT_DIR, step=step + 1, params_hash=run_key, model=model, optimizer=dp.optimizer,
                             sampler_rng=sampler, noise_generator=dp.noise_generator)
     live.end()
-    model.save_pretrained(out.path(ADAPTER_DIR))
+    save_adapter(model, out.path(ADAPTER_DIR))
     event = acct.dp_sgd_event(p.noise_multiplier, p.sampling_rate, p.steps)
     entry = ledger.make_entry(stage=STAGE, mechanism="poisson_subsampled_gaussian", noise_multiplier=p.noise_multiplier,
                               sampling_rate=p.sampling_rate, steps=p.steps, sensitivity=p.clip_norm, delta=p.delta,

@@ -73,6 +73,8 @@ def test_trains_a_loadable_adapter_and_writes_the_ledger(project, generator_dir)
     changed = [k for k in reference if not torch.equal(reference[k], merged[k])]
     assert changed and all("q_proj" in k or "v_proj" in k for k in changed)  # the adapter is real
     assert (project.root / "dvclive/train_generator/plots/metrics/loss.tsv").read_text().count("\n") == 4
+    config = json.loads((project.root / stage.ADAPTER_DIR / "adapter_config.json").read_text())
+    assert config["target_modules"] == ["q_proj", "v_proj"]  # sorted: stable bytes whatever PYTHONHASHSEED
 
 
 def test_killed_run_resumes_to_the_same_adapter(project, monkeypatch):
