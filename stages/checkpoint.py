@@ -19,10 +19,10 @@ log = logging.getLogger(__name__)
 FILE = "state.pt"
 
 
-def save(directory: Path, *, step: int, params_hash: str, model, optimizer, sampler_rng, noise_generator) -> None:
+def save(directory: Path, *, step: int, run_key: str, model, optimizer, sampler_rng, noise_generator) -> None:
     directory.mkdir(parents=True, exist_ok=True)
     state = {
-        "step": step, "params_hash": params_hash,
+        "step": step, "run_key": run_key,
         "trainable": {k: v.detach().clone() for k, v in model.named_parameters() if v.requires_grad},
         "optimizer": optimizer.state_dict(),
         "sampler_rng": sampler_rng.bit_generator.state,
@@ -34,12 +34,12 @@ def save(directory: Path, *, step: int, params_hash: str, model, optimizer, samp
     os.replace(tmp, directory / FILE)  # a kill during save leaves the previous checkpoint intact
 
 
-def load(directory: Path, params_hash: str) -> dict | None:
+def load(directory: Path, run_key: str) -> dict | None:
     path = directory / FILE
     if not path.exists():
         return None
     state = torch.load(path, weights_only=False)
-    if state["params_hash"] != params_hash:
+    if state.get("run_key") != run_key:
         log.info("checkpoint in %s is from another run (params, plan, data or weights differ); starting at step 0", directory)
         return None
     return state

@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import math
 from pathlib import Path
 
 import numpy as np
@@ -70,12 +69,6 @@ def digest(path: Path) -> str:
     return h.hexdigest()
 
 
-def spent_epsilon(p: acct.GeneratorPlan, steps: int) -> float:
-    if not p.private or steps == 0:
-        return math.inf if not p.private else 0.0
-    return acct.epsilon_pld([acct.dp_sgd_event(p.noise_multiplier, p.sampling_rate, steps)], p.delta)
-
-
 def train(params: dict, out) -> dict:
     from dvclive import Live
 
@@ -100,6 +93,7 @@ def train(params: dict, out) -> dict:
     state = checkpoint.load(CHECKPOINT_DIR, run_key)
     start = checkpoint.restore(state, model=model, optimizer=dp.optimizer, sampler_rng=sampler,
                                noise_generator=dp.noise_generator) if state else 0
+    spent = acct.RunningEpsilon(p.noise_multiplier, p.sampling_rate, p.delta, steps_done=start)
     live = Live(str(LIVE_DIR), resume=start > 0, save_dvc_exp=False, dvcyaml=None, report=None)
     bar = tqdm(range(start, p.steps), initial=start, total=p.steps, desc="DP-Adam steps", unit="step")
     for step in bar:
@@ -107,7 +101,7 @@ def train(params: dict, out) -> dict:
         micro = [collate([examples[i] for i in b], prompt_len, tokenizer.pad_token_id)
                  for b in micro_batches(idx, lengths, cfg["micro_batch_tokens"])]
         result = dp.step(micro)
-        eps = spent_epsilon(p, step + 1)
+        eps = spent.step()
         bar.set_postfix(batch=result.batch_size, loss=f"{result.loss:.3f}", eps=f"{eps:.2f}")
         live.log_metric("loss", result.loss)
         live.log_metric("batch_size", result.batch_size)
@@ -115,7 +109,7 @@ def train(params: dict, out) -> dict:
             live.log_metric("epsilon", eps)
         live.next_step()
         if (step + 1) % cfg["checkpoint_every"] == 0 and step + 1 < p.steps:
-            checkpoint.save(CHECKPOINT_DIR, step=step + 1, params_hash=run_key, model=model, optimizer=dp.optimizer,
+            checkpoint.save(CHECKPOINT_DIR, step=step + 1, run_key=run_key, model=model, optimizer=dp.optimizer,
                             sampler_rng=sampler, noise_generator=dp.noise_generator)
     live.end()
     save_adapter(model, out.path(ADAPTER_DIR))
