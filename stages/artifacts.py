@@ -10,6 +10,7 @@ half-written behind (DVC has already removed the previous outputs by then).
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -37,6 +38,15 @@ def read_metadata(path: Path | str) -> dict[str, str]:
 def write_parquet(table: pa.Table, path: Path | str, schema: pa.Schema, metadata: dict[str, str]) -> None:
     table = table.select(schema.names).cast(schema).replace_schema_metadata(metadata)
     pq.write_table(table, path, compression="zstd", row_group_size=1 << 16, write_statistics=True)
+
+
+def file_digest(path: Path | str) -> str:
+    """sha256 of a file's bytes, streamed (model weights are hundreds of MB)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 24), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def read_table(path: Path | str) -> pa.Table:

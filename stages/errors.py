@@ -26,3 +26,10 @@ class QualityError(PipelineError):
 
 class PrivacyConfigError(PipelineError):
     """A privacy configuration is unsafe or incomplete; raised before any private data is used."""
+
+
+class ConfigError(PipelineError):
+    """A parameter in params.yaml is missing or out of range."""
+
+    def __init__(self, key: str, problem: str):
+        super().__init__(f"params.yaml, {key}: {problem}")

@@ -9,7 +9,6 @@ data/checkpoints/train_generator let a killed run resume bit-identically.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 from pathlib import Path
@@ -22,6 +21,7 @@ from tqdm import tqdm
 from stages import checkpoint, ledger
 from stages import params as P
 from stages import privacy_accounting as acct
+from stages.artifacts import file_digest
 from stages.dp_training import DPAdam, build_examples, collate, micro_batches, poisson_sample
 from stages.model_io import GENERATOR_DIR, load_generator
 from stages.runner import run_stage
@@ -61,14 +61,6 @@ def save_adapter(model, target: Path) -> None:
     config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
 
 
-def digest(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 24), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def train(params: dict, out) -> dict:
     from dvclive import Live
 
@@ -81,7 +73,7 @@ def train(params: dict, out) -> dict:
              p.composed_epsilon_prv, p.delta)
     # A checkpoint may be resumed only by the very same run: same params, plan (noise, rate,
     # steps), data and base weights; anything else would mix two mechanisms under one ledger entry.
-    run_key = P.params_hash(phash, p.as_dict(), digest(TRAIN), digest(GENERATOR_DIR / "model.safetensors"))
+    run_key = P.params_hash(phash, p.as_dict(), file_digest(TRAIN), file_digest(GENERATOR_DIR / "model.safetensors"))
     torch.manual_seed(cfg["seed"])
     model, tokenizer = lora_model(cfg)
     examples, prompt_len = build_examples(tokenizer, instructions, cfg["prompt"], cfg["max_seq_len"])

@@ -20,3 +20,15 @@ def test_train_generator_speed():
     results = json.loads(out[out.index("{"):])
     print(json.dumps(results, indent=2))
     assert results["epoch_ratio"] <= 0.33, results
+
+
+@pytest.mark.benchmark
+def test_generate_speed():
+    if not (REPO / "data/adapters/generator/adapter_model.safetensors").exists():
+        pytest.skip("run `dvc repro train_generator` first")
+    n = os.environ.get("BENCH_GENERATE_N", "256")
+    out = subprocess.run([sys.executable, "-m", "tests.benchmarks.bench_generate", "--n", n], cwd=REPO, check=True,
+                         capture_output=True, text=True).stdout
+    results = json.loads(out[out.index("{"):])
+    print(json.dumps(results, indent=2))
+    assert results["ratio_vs_stock_unmerged"] >= 3.0 and results["ratio_vs_stock_merged"] >= 3.0, results

@@ -1,0 +1,102 @@
+"""Stage `histogram` (Algorithm 2, the DP step): noisy counts of private instructions per cluster.
+
+Mechanism (add-or-remove-one record neighbouring, a record = one private train instruction):
+every private instruction votes once, for its nearest centroid in the PCA space fitted on the
+synthetic pool, so adding or removing one record changes exactly one count by 1 (L2 sensitivity
+1). Independent Gaussian noise N(0, sigma^2) is added to every one of the K counts (empty
+clusters included) and negatives are clipped to 0 (post-processing). Only this noisy histogram
+leaves the stage (class dp); the exact counts exist only in memory. The noise comes from a seeded
+generator (replayable) or, with privacy.secure_mode, from the OS's cryptographic source.
+A non-private run (privacy.epsilon: .inf) releases the exact counts and its ledger says so.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import secrets
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+
+from stages import bucketing, embedding_io, ledger, quality
+from stages import params as P
+from stages import privacy_accounting as acct
+from stages.artifacts import read_metadata, read_table, table_metadata
+from stages.errors import PrivacyConfigError
+from stages.runner import run_stage
+
+log = logging.getLogger("stages.histogram")
+STAGE = "histogram"
+TRAIN_EMBEDDINGS = Path("data/embeddings/train.parquet")
+BUCKETS = Path("data/clusters/buckets.parquet")
+NOISY = Path("data/histogram/noisy_histogram.parquet")
+SCHEMA = pa.schema([pa.field("cluster", pa.int32(), nullable=False), pa.field("noisy_count", pa.float64(), nullable=False)])
+METRICS = "metrics/histogram.json"
+
+
+def gaussian_noise(k: int, sigma: float, *, seed: int, secure: bool) -> np.ndarray:
+    if sigma == 0:
+        return np.zeros(k)
+    if secure:
+        source = secrets.SystemRandom()  # os.urandom: not replayable, by design
+        return np.array([source.gauss(0.0, sigma) for _ in range(k)])
+    return np.random.default_rng(seed).normal(0.0, sigma, size=k)
+
+
+def noise_scale(params: dict, n_records: int) -> float:
+    """The histogram's noise std: histogram.sigma in a private run, 0 in a non-private one."""
+    privacy, cfg = params.get("privacy") or {}, params.get(STAGE) or {}
+    for section, key, value in (("privacy", "epsilon", privacy.get("epsilon")), ("privacy", "delta", privacy.get("delta")),
+                                ("histogram", "sigma", cfg.get("sigma"))):
+        if value is None:
+            raise PrivacyConfigError(f"params.yaml must set {section}.{key}")
+    if math.isinf(P.as_float(privacy["epsilon"])):
+        return 0.0
+    acct.check_delta(P.as_float(privacy["delta"]), n_records)
+    sigma = P.as_float(cfg["sigma"])
+    if not sigma > 0:
+        raise PrivacyConfigError("histogram.sigma must be > 0 in a private run (privacy.epsilon is finite)")
+    return sigma
+
+
+def exact_counts(buckets: bucketing.Buckets, embeddings: np.ndarray) -> np.ndarray:
+    return np.bincount(buckets.assign(embeddings), minlength=len(buckets.centroids)).astype(np.float64)
+
+
+def histogram(params: dict, out) -> dict:
+    cfg, privacy = P.section(params, STAGE), P.section(params, "privacy")
+    _, private = embedding_io.read(TRAIN_EMBEDDINGS)
+    sigma = noise_scale(params, len(private))  # refuses unsafe settings before any counting
+    buckets = bucketing.from_table(read_table(BUCKETS), read_metadata(BUCKETS)["buckets"])
+    secure = bool(privacy.get("secure_mode", False))
+    noisy = exact_counts(buckets, private) + gaussian_noise(len(buckets.centroids), sigma, seed=int(cfg["seed"]),
+                                                            secure=secure)
+    noisy = np.clip(noisy, 0.0, None)
+    table = pa.table({"cluster": np.arange(len(noisy), dtype=np.int32), "noisy_count": noisy}, schema=SCHEMA)
+    report = quality.check(table.to_pandas(), "histogram/noisy_histogram", quality.table_rules(
+        columns=SCHEMA.names, id_column="cluster", non_null=SCHEMA.names, between={"noisy_count": (0, None)}))
+    phash = P.params_hash(cfg, privacy)
+    out.write_parquet(table, NOISY, SCHEMA, table_metadata(STAGE, phash, "dp", mechanism="gaussian", sigma=sigma))
+    out.write_json(report, quality.report_path("histogram/noisy_histogram"))
+    delta = P.as_float(privacy["delta"])
+    entry = ledger.make_entry(stage=STAGE, mechanism="gaussian", noise_multiplier=sigma, sampling_rate=1.0, steps=1,
+                              sensitivity=1.0, delta=delta, event=acct.histogram_event(sigma), secure_mode=secure,
+                              params_hash=phash)
+    out.write_json(entry, ledger.entry_path(STAGE))
+    # Only DP quantities: the noisy total, never the exact number of private records.
+    metrics = {"clusters": len(noisy), "sigma": sigma, "noisy_total": float(noisy.sum()),
+               "clipped_to_zero": int((noisy == 0).sum()), "secure_mode": secure}
+    out.write_json(metrics, METRICS)
+    log.info("noisy histogram over %d clusters, sigma %g: epsilon of this step alone %s", len(noisy), sigma,
+             entry["epsilon"])
+    return entry
+
+
+def main() -> None:
+    with run_stage(STAGE) as out:
+        histogram(P.load(), out)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,91 @@
+"""Stage `resample` (Algorithm 2, the release): draw the pool toward the noisy private histogram.
+
+Inputs are all class dp: the pool, its cluster assignments and the noisy histogram; so is the
+output, data/release/instructions.parquet. Target size: ``resample.target_size``, or when null
+the noisy histogram's total (a DP estimate of the number of private train instructions; using
+the exact number, as the paper does, would release a non-DP statistic). Cluster k receives
+floor(target x noisy_k / sum(noisy)) instructions drawn uniformly without replacement from its
+pool members, or all of them when it has fewer (the shortfall is reported).
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+
+from stages import quality
+from stages import params as P
+from stages.artifacts import table_metadata
+from stages.errors import ConfigError, InputError
+from stages.runner import run_stage
+
+log = logging.getLogger("stages.resample")
+STAGE = "resample"
+POOL = Path("data/generated/pool.parquet")
+ASSIGNMENTS = Path("data/clusters/pool_assignments.parquet")
+NOISY = Path("data/histogram/noisy_histogram.parquet")
+RELEASE = Path("data/release/instructions.parquet")
+SCHEMA = pa.schema([pa.field("id", pa.string(), nullable=False), pa.field("instruction", pa.string(), nullable=False),
+                    pa.field("cluster", pa.int32(), nullable=False)])
+METRICS = "metrics/resample.json"
+
+
+def quotas(noisy: np.ndarray, target: int) -> np.ndarray:
+    """floor(target x share) per cluster; all zero when every noisy count is zero."""
+    total = noisy.sum()
+    return np.zeros(len(noisy), dtype=np.int64) if total <= 0 else np.floor(target * noisy / total).astype(np.int64)
+
+
+def draw(members: dict[int, np.ndarray], want: np.ndarray, rng: np.random.Generator) -> tuple[list[int], np.ndarray]:
+    """Row indices drawn per cluster (uniform, without replacement) and how many each cluster got."""
+    rows, got = [], np.zeros(len(want), dtype=np.int64)
+    for k in range(len(want)):
+        pool = members.get(k, np.empty(0, dtype=np.int64))
+        take = min(int(want[k]), len(pool))
+        chosen = pool if take == len(pool) else rng.choice(pool, size=take, replace=False)
+        rows.extend(sorted(chosen.tolist()))
+        got[k] = take
+    return rows, got
+
+
+def resample(params: dict, out) -> dict:
+    cfg = P.section(params, STAGE)
+    pool = pd.read_parquet(POOL, columns=["id", "instruction"])
+    assigned = pd.read_parquet(ASSIGNMENTS)
+    if not pool.id.equals(assigned.id):
+        raise InputError(ASSIGNMENTS, "ids do not match the pool row for row: re-run `dvc repro cluster`", field="id")
+    noisy = pd.read_parquet(NOISY).sort_values("cluster").noisy_count.to_numpy()
+    target = cfg.get("target_size")
+    target = int(round(noisy.sum())) if target is None else int(target)
+    if target < 0:
+        raise ConfigError("resample.target_size", f"must be >= 0 or null, got {target}")
+    want = quotas(noisy, target)
+    labels = assigned.cluster.to_numpy()
+    members = {int(k): np.flatnonzero(labels == k) for k in np.unique(labels)}
+    rows, got = draw(members, want, np.random.default_rng(int(cfg["seed"])))
+    release = pool.iloc[rows].assign(cluster=labels[rows].astype(np.int32)).reset_index(drop=True)
+    report = quality.check(release, "resample/instructions", quality.table_rules(
+        columns=SCHEMA.names, non_null=SCHEMA.names, unique=("instruction",)))
+    out.write_parquet(pa.Table.from_pandas(release, preserve_index=False), RELEASE, SCHEMA,
+                      table_metadata(STAGE, P.params_hash(cfg), "dp"))
+    out.write_json(report, quality.report_path("resample/instructions"))
+    short = want > got
+    metrics = {"target_size": target, "target_from": "noisy_total" if cfg.get("target_size") is None else "params",
+               "allocated": int(want.sum()), "released": len(release), "shortfall": int((want - got).sum()),
+               "short_clusters": int(short.sum()), "clusters": len(want), "pool_size": len(pool)}
+    out.write_json(metrics, METRICS)
+    log.info("released %d instructions (target %d, shortfall %d in %d of %d clusters)", len(release), target,
+             metrics["shortfall"], metrics["short_clusters"], len(want))
+    return metrics
+
+
+def main() -> None:
+    with run_stage(STAGE) as out:
+        resample(P.load(), out)
+
+
+if __name__ == "__main__":
+    main()

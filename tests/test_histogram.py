@@ -1,0 +1,124 @@
+"""The DP histogram: sensitivity 1 under add/remove-one, the stated noise scale, its ledger entry,
+refusals, the non-private mode, and that only pool embeddings are ever used for fitting."""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import dp_accounting
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+from dp_accounting.pld import pld_privacy_accountant
+from scipy import stats
+
+from stages import bucketing, cluster, embedding_io, histogram
+from stages.artifacts import Outputs, read_metadata, table_metadata, write_parquet
+from stages.errors import PrivacyConfigError
+
+REPO = Path(__file__).resolve().parents[1]
+PARAMS = {"privacy": {"epsilon": 6.0, "delta": 1e-5, "secure_mode": False}, "histogram": {"sigma": 10.0, "seed": 0},
+          "cluster": {"explained_variance": 0.9, "k": 8, "niter": 20, "nredo": 1, "seed": 0,
+                      "max_points_per_centroid": 256}}
+
+
+def vectors(n, seed, d=24):
+    rng = np.random.default_rng(seed)
+    centres = np.random.default_rng(99).normal(size=(8, d)) * 3
+    return (centres[rng.integers(8, size=n)] + rng.normal(size=(n, d))).astype(np.float32)
+
+
+def write_embeddings(path, n, seed, privacy):
+    table = embedding_io.to_table([f"{path}-{i}" for i in range(n)], vectors(n, seed))
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    write_parquet(table, path, table.schema, table_metadata("test", "x", privacy))
+
+
+@pytest.fixture
+def fitted(tmp_path, monkeypatch):
+    """A project with pool embeddings only, clustered by the real stage."""
+    monkeypatch.chdir(tmp_path)
+    write_embeddings(cluster.POOL_EMBEDDINGS, 400, 0, "dp")
+    with Outputs() as out:
+        cluster.cluster(PARAMS, out)
+    return tmp_path
+
+
+def buckets():
+    return bucketing.from_table(histogram.read_table(histogram.BUCKETS), read_metadata(histogram.BUCKETS)["buckets"])
+
+
+def test_one_record_changes_exactly_one_count_by_one(fitted):
+    b, private = buckets(), vectors(300, 1)
+    full = histogram.exact_counts(b, private)
+    for i in (0, 17, 299):
+        diff = full - histogram.exact_counts(b, np.delete(private, i, axis=0))
+        assert np.count_nonzero(diff) == 1 and diff.sum() == 1 and diff.max() == 1
+    assert full.sum() == 300 and len(full) == 8
+
+
+@pytest.mark.parametrize("secure", [False, True])
+def test_noise_has_the_stated_scale(secure):
+    noise = histogram.gaussian_noise(20000, 10.0, seed=0, secure=secure)
+    # Kolmogorov-Smirnov against N(0, 10^2): a wrong scale (even 5% off) fails at this size.
+    assert stats.kstest(noise / 10.0, "norm").pvalue > 1e-3
+    assert abs(noise.std() - 10.0) < 0.2 and abs(noise.mean()) < 0.25
+    assert stats.kstest(noise / 10.5, "norm").pvalue < 1e-3
+    if not secure:
+        assert np.array_equal(noise, histogram.gaussian_noise(20000, 10.0, seed=0, secure=False))
+    else:
+        assert not np.array_equal(noise, histogram.gaussian_noise(20000, 10.0, seed=0, secure=True))
+
+
+def run_histogram(params):
+    write_embeddings(histogram.TRAIN_EMBEDDINGS, 300, 1, "private")
+    with Outputs() as out:
+        return histogram.histogram(params, out)
+
+
+def test_stage_releases_only_the_noisy_histogram_and_its_ledger_entry(fitted):
+    entry = run_histogram(PARAMS)
+    noisy = pd.read_parquet(histogram.NOISY)
+    exact = histogram.exact_counts(buckets(), vectors(300, 1))
+    expected = np.clip(exact + np.random.default_rng(0).normal(0, 10.0, 8), 0, None)
+    assert np.allclose(noisy.noisy_count, expected) and not np.allclose(noisy.noisy_count, exact)
+    assert read_metadata(histogram.NOISY)["privacy"] == "dp"
+    saved = json.loads(Path("metrics/privacy/histogram.json").read_text())
+    assert saved == json.loads(json.dumps(entry))
+    assert (saved["mechanism"], saved["sampling_rate"], saved["steps"], saved["sensitivity"]) == ("gaussian", 1.0, 1, 1.0)
+    acc = pld_privacy_accountant.PLDAccountant(value_discretization_interval=1e-4)
+    acc.compose(dp_accounting.GaussianDpEvent(10.0))
+    assert saved["epsilon"] == pytest.approx(acc.get_epsilon(1e-5), rel=1e-9)
+    metrics = json.loads(Path(histogram.METRICS).read_text())
+    assert metrics["noisy_total"] == pytest.approx(noisy.noisy_count.sum()) and "n_records" not in saved
+
+
+def test_non_private_mode_releases_exact_counts(fitted):
+    params = yaml.safe_load(yaml.safe_dump(PARAMS))
+    params["privacy"]["epsilon"] = math.inf
+    entry = run_histogram(params)
+    assert np.array_equal(pd.read_parquet(histogram.NOISY).noisy_count, histogram.exact_counts(buckets(), vectors(300, 1)))
+    assert entry["private"] is False and entry["epsilon"] == "inf"
+
+
+@pytest.mark.parametrize("change,match", [({"histogram": {"sigma": 0.0, "seed": 0}}, "sigma must be > 0"),
+                                          ({"privacy": {"epsilon": 6.0, "delta": 0.01}}, "delta")])
+def test_unsafe_settings_are_refused_before_counting(fitted, change, match):
+    with pytest.raises(PrivacyConfigError, match=match):
+        run_histogram({**PARAMS, **change})
+    assert not histogram.NOISY.exists()
+
+
+def test_pca_and_kmeans_never_see_private_embeddings(tmp_path, monkeypatch):
+    deps = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]["cluster"]["deps"]
+    assert [d for d in deps if d.startswith("data/")] == ["data/embeddings/pool.parquet"]
+    monkeypatch.chdir(tmp_path)
+    write_embeddings(cluster.POOL_EMBEDDINGS, 400, 0, "dp")
+    seen, real = [], bucketing.fit
+    monkeypatch.setattr(bucketing, "fit", lambda x, **kw: (seen.append(x.copy()), real(x, **kw))[1])
+    with Outputs() as out:
+        cluster.cluster(PARAMS, out)
+    assert len(seen) == 1 and np.array_equal(seen[0], embedding_io.read(cluster.POOL_EMBEDDINGS)[1])
+    assert sorted(p.name for p in Path("data/embeddings").iterdir()) == ["pool.parquet"]  # nothing private to read
