@@ -51,7 +51,12 @@ def cluster(params: dict, out) -> dict:
     labels = buckets.assign(vectors)
     sizes = np.bincount(labels, minlength=len(buckets.centroids))
     phash = P.params_hash(cfg)
-    out.write_parquet(bucketing.to_table(buckets), BUCKETS, bucketing.SCHEMA,
+    stored = bucketing.to_table(buckets)
+    bucket_report = quality.check(stored.drop_columns(["vector"]).to_pandas().assign(row=range(stored.num_rows)),
+                                  "cluster/buckets", quality.table_rules(columns=["kind", "index"], id_column="row",
+                                                                         non_null=["kind", "index"]))
+    out.write_json(bucket_report, quality.report_path("cluster/buckets"))
+    out.write_parquet(stored, BUCKETS, bucketing.SCHEMA,
                       table_metadata(STAGE, phash, "dp", buckets=json.dumps(buckets.info, sort_keys=True)))
     assignments = pa.table({"id": ids, "cluster": labels.astype(np.int32)}, schema=ASSIGNMENT_SCHEMA)
     report = quality.check(assignments.to_pandas(), "cluster/pool_assignments", quality.table_rules(

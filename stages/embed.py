@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from stages import embedding_io
+from stages import embedding_io, quality
 from stages import params as P
 from stages.artifacts import read_metadata, table_metadata
 from stages.errors import ConfigError, InputError
@@ -58,10 +58,12 @@ def embed(name: str, params: dict, out) -> int:
     vectors = encode(df.instruction.tolist(), cfg)
     if not np.isfinite(vectors).all():
         raise InputError(source, "embedder returned non-finite values", field="instruction")
+    report = quality.check(df[["id"]], f"embed/{name}", quality.table_rules(columns=["id"], non_null=["id"]))
     table = embedding_io.to_table(df.id.tolist(), vectors)
     meta = table_metadata(STAGE, P.params_hash(cfg), privacy, set=name, source=source,
                           embedder=str(params["models"]["embedder"]), dim=int(vectors.shape[1]))
     out.write_parquet(table, output(name), table.schema, meta)
+    out.write_json(report, quality.report_path(f"embed/{name}"))
     return len(df)
 
 

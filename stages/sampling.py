@@ -110,7 +110,8 @@ def inverse_cdf(probs: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
     """
     rows, vocab = probs.shape
     n_blocks = -(-vocab // CDF_BLOCK)
-    blocks = torch.nn.functional.pad(probs, (0, n_blocks * CDF_BLOCK - vocab)).view(rows, n_blocks, CDF_BLOCK)
+    padded = probs if vocab % CDF_BLOCK == 0 else torch.nn.functional.pad(probs, (0, n_blocks * CDF_BLOCK - vocab))
+    blocks = padded.view(rows, n_blocks, CDF_BLOCK)
     cum = blocks.sum(-1).double().cumsum(-1)  # [rows, n_blocks]
     target = u * cum[:, -1:]
     block = torch.searchsorted(cum, target, right=True).clamp_max(n_blocks - 1)  # [rows, 1]: first cum > target
@@ -123,8 +124,9 @@ def inverse_cdf(probs: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
 def nucleus_sample(logits: torch.Tensor, top_p: float, temperature: float, generator: torch.Generator) -> torch.Tensor:
     """One token per row of ``logits`` [rows, vocab] from the temperature-scaled nucleus.
 
-    Rejection sampling: draw from the full distribution (``inverse_cdf``) and accept the token when it is in the nucleus, i.e. when
-    the tokens strictly more likely than it hold less than ``top_p``. Conditioning a draw from p
+    Rejection sampling: draw from the full distribution (``inverse_cdf``) and accept the token
+    when it is in the nucleus, i.e. when the tokens strictly more likely than it hold less than
+    ``top_p``. Conditioning a draw from p
     on landing in the nucleus S gives p restricted to S, renormalised: the nucleus distribution,
     with no sort of the vocabulary. A draw is accepted with probability p(S) >= top_p; rows still
     rejected after REJECTION_ROUNDS use the exact sort-based path (``nucleus_groups``).

@@ -32,3 +32,12 @@ def test_generate_speed():
     results = json.loads(out[out.index("{"):])
     print(json.dumps(results, indent=2))
     assert results["ratio_vs_stock_unmerged"] >= 3.0 and results["ratio_vs_stock_merged"] >= 3.0, results
+
+
+@pytest.mark.benchmark
+def test_algorithm2_at_paper_scale():
+    out = subprocess.run([sys.executable, "-m", "tests.benchmarks.bench_algorithm2"], cwd=REPO, check=True,
+                         capture_output=True, text=True).stdout
+    results = json.loads(out[out.index("{"):])
+    print(json.dumps(results, indent=2))
+    assert results["total_seconds"] < 300, results
