@@ -3,7 +3,9 @@
 Inputs are all class dp: the pool, its cluster assignments and the noisy histogram; so is the
 output, data/release/instructions.parquet. Target size: ``resample.target_size``, or when null
 the noisy histogram's total (a DP estimate of the number of private train instructions; using
-the exact number, as the paper does, would release a non-DP statistic). Cluster k receives
+the exact number, as the paper does, would release a non-DP statistic), capped at
+``max_pool_share`` of the pool: when the target is near the pool's size every cluster is short
+and the release is the whole pool, unshaped by the histogram (paper: 300k of a 1M pool). Cluster k receives
 floor(target x noisy_k / sum(noisy)) instructions drawn uniformly without replacement from its
 pool members, or all of them when it has fewer (the shortfall is reported).
 """
@@ -60,8 +62,11 @@ def resample(params: dict, out) -> dict:
     noisy = pd.read_parquet(NOISY).sort_values("cluster").noisy_count.to_numpy()
     target = cfg.get("target_size")
     target = int(round(noisy.sum())) if target is None else int(target)
-    if target < 0:
-        raise ConfigError("resample.target_size", f"must be >= 0 or null, got {target}")
+    share = P.as_float(cfg["max_pool_share"])
+    if target < 0 or not 0 < share <= 1:
+        raise ConfigError("resample", f"target_size must be >= 0 or null and max_pool_share in (0, 1], got "
+                                      f"{cfg.get('target_size')!r}, {cfg['max_pool_share']!r}")
+    requested, target = target, min(target, int(share * len(pool)))
     want = quotas(noisy, target)
     labels = assigned.cluster.to_numpy()
     members = {int(k): np.flatnonzero(labels == k) for k in np.unique(labels)}
@@ -74,6 +79,7 @@ def resample(params: dict, out) -> dict:
     out.write_json(report, quality.report_path("resample/instructions"))
     short = want > got
     metrics = {"target_size": target, "target_from": "noisy_total" if cfg.get("target_size") is None else "params",
+               "target_requested": requested, "capped_by_max_pool_share": target < requested,
                "allocated": int(want.sum()), "released": len(release), "shortfall": int((want - got).sum()),
                "short_clusters": int(short.sum()), "clusters": len(want), "pool_size": len(pool)}
     out.write_json(metrics, METRICS)

@@ -24,7 +24,8 @@ def setup_logging() -> None:
                         format="%(asctime)s %(name)s %(levelname)s %(message)s", datefmt="%H:%M:%S",
                         force=True)  # some imports configure the root logger first
     # great_expectations.data_context.types.base pins itself to INFO, so name it explicitly.
-    for noisy in ("great_expectations", "great_expectations.data_context.types.base", "urllib3", "filelock", "httpx"):
+    for noisy in ("great_expectations", "great_expectations.data_context.types.base", "urllib3", "filelock", "httpx",
+                  "faiss.loader"):  # faiss logs a failed AVX2 import on every load
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 

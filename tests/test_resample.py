@@ -40,9 +40,9 @@ def build(tmp_path, sizes, noisy):
         write_parquet(table, path, table.schema, table_metadata("test", "x", "dp"))
 
 
-def run(target=None, seed=0):
+def run(target=None, seed=0, share=1.0):
     with Outputs() as out:
-        return resample.resample({"resample": {"target_size": target, "seed": seed}}, out)
+        return resample.resample({"resample": {"target_size": target, "seed": seed, "max_pool_share": share}}, out)
 
 
 def test_release_follows_the_noisy_histogram(tmp_path, monkeypatch):
@@ -72,6 +72,18 @@ def test_proportions_at_scale_and_seeded(tmp_path, monkeypatch):
     assert pd.read_parquet(resample.RELEASE).equals(first)
     run(target=3000, seed=1)
     assert not pd.read_parquet(resample.RELEASE).equals(first)
+
+
+def test_target_is_capped_at_a_share_of_the_pool(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    build(tmp_path, sizes=[100, 100], noisy=[300.0, 100.0])
+    metrics = run(share=0.5)  # wants 400 of a 200-row pool: 100, split 3:1 by the histogram
+    assert (metrics["target_requested"], metrics["target_size"], metrics["capped_by_max_pool_share"]) == (400, 100, True)
+    assert pd.read_parquet(resample.RELEASE).groupby("cluster").size().to_dict() == {0: 75, 1: 25}
+    from stages.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="max_pool_share"):
+        run(share=0.0)
 
 
 def test_mismatched_assignments_are_refused(tmp_path, monkeypatch):
