@@ -91,10 +91,10 @@ def sample_chunks(cfg: dict, run_key: str, prompt_ids: list[int]) -> list[list[l
             continue
         generator = torch.Generator(device=device()).manual_seed(chunk_seed(cfg["seed"], c))
         ticks = bar.n
-        batch = sampling.sample(model, prompt_ids, rows, eos_id=tokenizer.eos_token_id,
+        tokens = sampling.sample(model, prompt_ids, rows, eos_id=tokenizer.eos_token_id,
                                 max_new_tokens=cfg["max_new_tokens"], top_p=P.as_float(cfg["top_p"]),
                                 temperature=P.as_float(cfg["temperature"]), generator=generator, on_tokens=count)
-        store.save(c, pa.table({"tokens": batch.tokens}, schema=CHUNK_SCHEMA))
+        store.save(c, pa.table({"tokens": tokens}, schema=CHUNK_SCHEMA))
         bar.update(ticks + steps - bar.n)
     bar.close()
     if new_tokens:
@@ -115,12 +115,13 @@ def generate(params: dict, out) -> dict:
     special = set(tokenizer.all_special_ids)
     rows, counts = [], {"sampled": cfg["n"], **{r: 0 for r in REASONS}}
     for c, samples in enumerate(chunks):
+        seed = chunk_seed(cfg["seed"], c)
         for r, tokens in enumerate(samples):
             parsed = parse(tokens, prompt_ids=prompt_ids, special_ids=special, tokenizer=tokenizer, rules=cfg)
             if parsed.drop:
                 counts[parsed.drop] += 1
             else:
-                rows.append((f"g{c:05d}-{r:04d}", parsed.text, parsed.n_tokens, chunk_seed(cfg["seed"], c), c))
+                rows.append((f"g{c:05d}-{r:04d}", parsed.text, parsed.n_tokens, seed, c))
     df = pd.DataFrame(rows, columns=SCHEMA.names)
     reasons = dedup(df.instruction.tolist(), casefold=cfg["dedup_casefold"], ngram_n=0)
     counts["exact_duplicate"] = sum(r is not None for r in reasons)

@@ -12,7 +12,6 @@ A non-private run (privacy.epsilon: .inf) releases the exact counts and its ledg
 from __future__ import annotations
 
 import logging
-import math
 import secrets
 from pathlib import Path
 
@@ -23,7 +22,6 @@ from stages import bucketing, embedding_io, ledger, quality
 from stages import params as P
 from stages import privacy_accounting as acct
 from stages.artifacts import read_metadata, read_table, table_metadata
-from stages.errors import PrivacyConfigError
 from stages.runner import run_stage
 
 log = logging.getLogger("stages.histogram")
@@ -44,22 +42,6 @@ def gaussian_noise(k: int, sigma: float, *, seed: int, secure: bool) -> np.ndarr
     return np.random.default_rng(seed).normal(0.0, sigma, size=k)
 
 
-def noise_scale(params: dict, n_records: int) -> float:
-    """The histogram's noise std: histogram.sigma in a private run, 0 in a non-private one."""
-    privacy, cfg = params.get("privacy") or {}, params.get(STAGE) or {}
-    for section, key, value in (("privacy", "epsilon", privacy.get("epsilon")), ("privacy", "delta", privacy.get("delta")),
-                                ("histogram", "sigma", cfg.get("sigma"))):
-        if value is None:
-            raise PrivacyConfigError(f"params.yaml must set {section}.{key}")
-    if math.isinf(P.as_float(privacy["epsilon"])):
-        return 0.0
-    acct.check_delta(P.as_float(privacy["delta"]), n_records)
-    sigma = P.as_float(cfg["sigma"])
-    if not sigma > 0:
-        raise PrivacyConfigError("histogram.sigma must be > 0 in a private run (privacy.epsilon is finite)")
-    return sigma
-
-
 def exact_counts(buckets: bucketing.Buckets, embeddings: np.ndarray) -> np.ndarray:
     return np.bincount(buckets.assign(embeddings), minlength=len(buckets.centroids)).astype(np.float64)
 
@@ -67,7 +49,8 @@ def exact_counts(buckets: bucketing.Buckets, embeddings: np.ndarray) -> np.ndarr
 def histogram(params: dict, out) -> dict:
     cfg, privacy = P.section(params, STAGE), P.section(params, "privacy")
     _, private = embedding_io.read(TRAIN_EMBEDDINGS)
-    sigma = noise_scale(params, len(private))  # refuses unsafe settings before any counting
+    # Refuses unsafe settings before any counting; the same rule the generator's plan used.
+    sigma = acct.histogram_noise(params.get("privacy"), params.get(STAGE), len(private))
     buckets = bucketing.from_table(read_table(BUCKETS), read_metadata(BUCKETS)["buckets"])
     secure = bool(privacy.get("secure_mode", False))
     noisy = exact_counts(buckets, private) + gaussian_noise(len(buckets.centroids), sigma, seed=int(cfg["seed"]),

@@ -157,6 +157,28 @@ class GeneratorPlan:
         return asdict(self)
 
 
+def required_params(privacy: dict | None, histogram: dict | None) -> tuple[float, float, float]:
+    """(privacy.epsilon, privacy.delta, histogram.sigma) as floats; refuses a missing one."""
+    from stages.params import as_float
+
+    for section, key, cfg in (("privacy", "epsilon", privacy), ("privacy", "delta", privacy), ("histogram", "sigma", histogram)):
+        if cfg is None or cfg.get(key) is None:
+            raise PrivacyConfigError(f"params.yaml must set {section}.{key} (use privacy.epsilon: .inf for a non-private run)")
+    return as_float(privacy["epsilon"]), as_float(privacy["delta"]), as_float(histogram["sigma"])
+
+
+def histogram_noise(privacy: dict | None, histogram: dict | None, n_records: int) -> float:
+    """Noise std of the DP histogram: histogram.sigma in a private run (refusing delta >= 1/N and
+    sigma <= 0), 0 in a non-private one (privacy.epsilon: .inf)."""
+    epsilon, delta, sigma = required_params(privacy, histogram)
+    if math.isinf(epsilon):
+        return 0.0
+    check_delta(delta, n_records)
+    if not sigma > 0:
+        raise PrivacyConfigError("histogram.sigma must be > 0 in a private run (privacy.epsilon is finite)")
+    return sigma
+
+
 def plan_generator(privacy: dict, histogram: dict, *, n_records: int, batch_size: float, epochs: float,
                    clip_norm: float) -> GeneratorPlan:
     """Budget first: calibrate the generator's noise so the COMPOSED release epsilon meets the target.
@@ -164,12 +186,7 @@ def plan_generator(privacy: dict, histogram: dict, *, n_records: int, batch_size
     Refuses (PrivacyConfigError) a missing privacy param, delta >= 1/N, a batch larger than N, a
     histogram without noise in a private run, and a budget that no noise level can meet.
     """
-    from stages.params import as_float
-
-    for section, key, cfg in (("privacy", "epsilon", privacy), ("privacy", "delta", privacy), ("histogram", "sigma", histogram)):
-        if cfg is None or cfg.get(key) is None:
-            raise PrivacyConfigError(f"params.yaml must set {section}.{key} (use privacy.epsilon: .inf for a non-private run)")
-    epsilon, delta, hist_sigma = as_float(privacy["epsilon"]), as_float(privacy["delta"]), as_float(histogram["sigma"])
+    epsilon, delta, _ = required_params(privacy, histogram)
     if not 0 < batch_size <= n_records:
         raise PrivacyConfigError(f"expected batch size {batch_size} must be in (0, N={n_records}]")
     if epochs <= 0 or epsilon <= 0:
@@ -177,10 +194,8 @@ def plan_generator(privacy: dict, histogram: dict, *, n_records: int, batch_size
     q = batch_size / n_records
     steps = max(1, round(epochs / q))
     if math.isinf(epsilon):
-        return GeneratorPlan(False, 0.0, math.inf, q, steps, batch_size, delta, epsilon, hist_sigma, math.inf, math.inf)
-    check_delta(delta, n_records)
-    if hist_sigma <= 0:
-        raise PrivacyConfigError("histogram.sigma must be > 0 in a private run (privacy.epsilon is finite)")
+        return GeneratorPlan(False, 0.0, math.inf, q, steps, batch_size, delta, epsilon, 0.0, math.inf, math.inf)
+    hist_sigma = histogram_noise(privacy, histogram, n_records)
     sigma, composed = calibrate_noise_multiplier(epsilon, delta, q, steps, hist_sigma)
     composed_prv = epsilon_prv([(sigma, q, steps), (hist_sigma, 1.0, 1)], delta)
     return GeneratorPlan(True, sigma, clip_norm, q, steps, batch_size, delta, epsilon, hist_sigma, composed, composed_prv)

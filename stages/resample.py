@@ -41,11 +41,18 @@ def quotas(noisy: np.ndarray, target: int) -> np.ndarray:
     return np.zeros(len(noisy), dtype=np.int64) if total <= 0 else np.floor(target * noisy / total).astype(np.int64)
 
 
-def draw(members: dict[int, np.ndarray], want: np.ndarray, rng: np.random.Generator) -> tuple[list[int], np.ndarray]:
+def members(labels: np.ndarray) -> dict[int, np.ndarray]:
+    """Row indices of each cluster, ascending (one stable sort instead of a pass per cluster)."""
+    order = np.argsort(labels, kind="stable")
+    clusters, starts = np.unique(labels[order], return_index=True)
+    return {int(k): part for k, part in zip(clusters, np.split(order, starts[1:]))}
+
+
+def draw(by_cluster: dict[int, np.ndarray], want: np.ndarray, rng: np.random.Generator) -> tuple[list[int], np.ndarray]:
     """Row indices drawn per cluster (uniform, without replacement) and how many each cluster got."""
     rows, got = [], np.zeros(len(want), dtype=np.int64)
     for k in range(len(want)):
-        pool = members.get(k, np.empty(0, dtype=np.int64))
+        pool = by_cluster.get(k, np.empty(0, dtype=np.int64))
         take = min(int(want[k]), len(pool))
         chosen = pool if take == len(pool) else rng.choice(pool, size=take, replace=False)
         rows.extend(sorted(chosen.tolist()))
@@ -69,8 +76,7 @@ def resample(params: dict, out) -> dict:
     requested, target = target, min(target, int(share * len(pool)))
     want = quotas(noisy, target)
     labels = assigned.cluster.to_numpy()
-    members = {int(k): np.flatnonzero(labels == k) for k in np.unique(labels)}
-    rows, got = draw(members, want, np.random.default_rng(int(cfg["seed"])))
+    rows, got = draw(members(labels), want, np.random.default_rng(int(cfg["seed"])))
     release = pool.iloc[rows].assign(cluster=labels[rows].astype(np.int32)).reset_index(drop=True)
     report = quality.check(release, "resample/instructions", quality.table_rules(
         columns=SCHEMA.names, non_null=SCHEMA.names, unique=("instruction",)))

@@ -22,14 +22,9 @@ in probability at the nucleus boundary are all kept (transformers keeps an arbit
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 from transformers.cache_utils import Cache, DynamicLayer
 
-# A row's nucleus is searched in its top-k tokens for these k in turn, then in a full sort of the
-# vocabulary; they affect speed only (a flat next-token distribution can need thousands of tokens).
-TOP_K_TIERS = (256, 4096)
 # Rejection rounds before the sort-based fallback: each accepts a row with probability >= top_p,
 # so at top_p 0.95 a row is left after 4 rounds with probability < 1e-5.
 REJECTION_ROUNDS = 4
@@ -74,30 +69,17 @@ class PreallocatedLayer(DynamicLayer):
         self.values = self.values.expand(batch, -1, -1, -1).contiguous()
 
 
-def nucleus_groups(probs: torch.Tensor, top_p: float) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-    """Each row's nucleus as groups ``(rows, p, ids)``: ``p`` [len(rows), width] renormalised
-    probabilities (zeros past the row's nucleus), ``ids`` the matching token ids. ``probs`` is
-    [rows, vocab] after temperature and softmax. A row joins the first tier of ``TOP_K_TIERS``
-    whose top-k tokens hold at least ``top_p`` of its mass (so the nucleus lies inside them);
-    the remaining rows are sorted in full. The tiers change speed only, never the result."""
-    groups, rows = [], torch.arange(probs.shape[0], device=probs.device)
+def nucleus(probs: torch.Tensor, top_p: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each row's nucleus by a full sort: ``(p, ids)``, both [rows, width], ``p`` renormalised
+    (zeros past a row's nucleus), ``ids`` the token ids. ``probs`` is [rows, vocab] after
+    temperature and softmax. The reference definition, and the sampler's rare fallback."""
+    p, ids = probs.sort(dim=-1, descending=True)
     if top_p >= 1.0:  # no nucleus (as transformers): float cumsums must not drop the far tail
-        return [(rows, probs, torch.arange(probs.shape[-1], device=probs.device).expand_as(probs))]
-    for k in (*TOP_K_TIERS, probs.shape[-1]):
-        if rows.numel() == 0:
-            break
-        k = min(k, probs.shape[-1])
-        sub = probs if rows.numel() == probs.shape[0] else probs[rows]
-        p, i = sub.sort(dim=-1, descending=True) if k == probs.shape[-1] else sub.topk(k, dim=-1)
-        fits = p.sum(-1) >= top_p if k < probs.shape[-1] else torch.ones_like(rows, dtype=torch.bool)
-        if fits.any():
-            p, i = p[fits], i[fits]
-            before = p.cumsum(-1) - p  # mass of the strictly more likely tokens
-            width = int((before < top_p).sum(-1).max())
-            p = torch.where(before[:, :width] < top_p, p[:, :width], torch.zeros_like(p[:, :width]))
-            groups.append((rows[fits], p / p.sum(-1, keepdim=True), i[:, :width]))
-        rows = rows[~fits]
-    return groups
+        return p, ids
+    before = p.cumsum(-1) - p  # mass of the strictly more likely tokens
+    width = int((before < top_p).sum(-1).max())
+    p = torch.where(before[:, :width] < top_p, p[:, :width], torch.zeros_like(p[:, :width]))
+    return p / p.sum(-1, keepdim=True), ids[:, :width]
 
 
 def inverse_cdf(probs: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
@@ -129,7 +111,7 @@ def nucleus_sample(logits: torch.Tensor, top_p: float, temperature: float, gener
     ``top_p``. Conditioning a draw from p
     on landing in the nucleus S gives p restricted to S, renormalised: the nucleus distribution,
     with no sort of the vocabulary. A draw is accepted with probability p(S) >= top_p; rows still
-    rejected after REJECTION_ROUNDS use the exact sort-based path (``nucleus_groups``).
+    rejected after REJECTION_ROUNDS use the exact sort-based path (``nucleus``).
     """
     scaled = logits.float() if temperature == 1.0 else logits.float() / temperature
     probs = torch.softmax(scaled, dim=-1)
@@ -146,8 +128,8 @@ def nucleus_sample(logits: torch.Tensor, top_p: float, temperature: float, gener
         todo = todo[~accepted]
         if todo.numel() == 0:
             return token
-    for rows, p, ids in nucleus_groups(probs[todo], top_p):
-        token[todo[rows]] = ids.gather(1, torch.multinomial(p, 1, generator=generator)).squeeze(1)
+    p, ids = nucleus(probs[todo], top_p)
+    token[todo] = ids.gather(1, torch.multinomial(p, 1, generator=generator)).squeeze(1)
     return token
 
 
@@ -164,17 +146,11 @@ def next_token_logits(model, input_ids: torch.Tensor, cache: Cache, position_ids
     return logits
 
 
-@dataclass
-class Batch:
-    """Token ids generated for each row (prompt excluded) and whether it ended with EOS."""
-    tokens: list[list[int]]
-    finished: list[bool]
-
-
 @torch.inference_mode()
 def sample(model, prompt_ids: list[int], n: int, *, eos_id: int, max_new_tokens: int, top_p: float,
-           temperature: float, generator: torch.Generator, on_tokens=None) -> Batch:
-    """Draw ``n`` continuations of ``prompt_ids``; deterministic for a given ``generator`` state.
+           temperature: float, generator: torch.Generator, on_tokens=None) -> list[list[int]]:
+    """Token ids of ``n`` continuations of ``prompt_ids`` (prompt excluded, ending with EOS unless
+    cut at ``max_new_tokens``); deterministic for a given ``generator`` state.
 
     ``on_tokens(k)`` is called after each step with the number of tokens produced (progress).
     """
@@ -189,7 +165,6 @@ def sample(model, prompt_ids: list[int], n: int, *, eos_id: int, max_new_tokens:
     rows = torch.arange(n, device=device)  # original index of each live row
     out = torch.zeros(n, max_new_tokens, dtype=torch.long, device=device)
     lengths = torch.zeros(n, dtype=torch.long, device=device)
-    ended = torch.zeros(n, dtype=torch.bool, device=device)
     live = torch.ones(n, dtype=torch.bool, device=device)  # in the current (uncompacted) batch
     for step in range(max_new_tokens):
         token = nucleus_sample(logits, top_p, temperature, generator)
@@ -197,7 +172,6 @@ def sample(model, prompt_ids: list[int], n: int, *, eos_id: int, max_new_tokens:
         out[rows[active], step] = token[active]
         lengths[rows[active]] += 1
         done = token == eos_id
-        ended[rows[done & live]] = True
         live &= ~done
         if on_tokens:
             on_tokens(int(active.numel()))
@@ -209,5 +183,4 @@ def sample(model, prompt_ids: list[int], n: int, *, eos_id: int, max_new_tokens:
             rows, token, live = rows[keep], token[keep], live[keep]
         position = torch.full((token.numel(), 1), len(prompt_ids) + step, device=device)
         logits = next_token_logits(model, token[:, None], cache, position)
-    tokens = [out[i, :lengths[i]].tolist() for i in range(n)]
-    return Batch(tokens=tokens, finished=ended.tolist())
+    return [out[i, :lengths[i]].tolist() for i in range(n)]

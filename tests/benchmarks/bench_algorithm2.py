@@ -50,8 +50,7 @@ def main() -> None:
                     0, None)
     seconds["histogram"] = time.perf_counter() - start
     start = time.perf_counter()
-    members = {int(k): np.flatnonzero(labels == k) for k in np.unique(labels)}
-    rows, got = resample.draw(members, resample.quotas(noisy, 300_000), np.random.default_rng(0))
+    rows, got = resample.draw(resample.members(labels), resample.quotas(noisy, 300_000), np.random.default_rng(0))
     seconds["resample"] = time.perf_counter() - start
     total = seconds["cluster_fit_total"] + seconds["assign_pool"] + seconds["histogram"] + seconds["resample"]
     print(json.dumps({**vars(args), "pca_components": int(buckets.components.shape[0]), "explained": reached,

@@ -42,10 +42,10 @@ def stock(model, prompt, n, eos, cfg) -> tuple[int, float]:
 def ours(model, prompt, n, eos, cfg) -> tuple[int, float]:
     tokens, start = 0, time.perf_counter()
     for c in range(0, n, cfg["batch_size"]):
-        batch = sampling.sample(model, prompt, min(cfg["batch_size"], n - c), eos_id=eos,
+        rows = sampling.sample(model, prompt, min(cfg["batch_size"], n - c), eos_id=eos,
                                 max_new_tokens=cfg["max_new_tokens"], top_p=cfg["top_p"],
                                 temperature=cfg["temperature"], generator=torch.Generator().manual_seed(c))
-        tokens += sum(len(t) for t in batch.tokens)
+        tokens += sum(len(t) for t in rows)
     return tokens, time.perf_counter() - start
 
 
