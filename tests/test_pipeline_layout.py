@@ -52,3 +52,13 @@ def test_prepare_outputs_match_dvc_yaml():
 
 def test_dvc_analytics_off_in_repo_config():
     assert "analytics = false" in (REPO / ".dvc/config").read_text()
+
+
+def test_embed_sets_and_expected_ledger_entries_match_dvc_yaml():
+    # Two lists the stage modules keep in code must follow dvc.yaml, the record of lineage.
+    from stages import account, embed
+
+    items = RAW["embed"]["foreach"]
+    assert {k: v["input"] for k, v in items.items()} == embed.SETS
+    mechanisms = {name for name, stage in DVC.items() if stage.get("meta", {}).get("dp_mechanism")}
+    assert mechanisms == set(account.EXPECTED)
