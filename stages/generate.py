@@ -109,8 +109,10 @@ def generate(params: dict, out) -> dict:
     tokenizer = load_tokenizer(GENERATOR_DIR)
     prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
     phash = P.params_hash(cfg, prompt)
+    # Saved chunks are reused only by the same params, weights and sampling code.
     run_key = P.params_hash(phash, file_digest(ADAPTER_DIR / "adapter_model.safetensors"),
-                            file_digest(GENERATOR_DIR / "model.safetensors"))
+                            file_digest(GENERATOR_DIR / "model.safetensors"), file_digest(__file__),
+                            file_digest(sampling.__file__))
     chunks = sample_chunks(cfg, run_key, prompt_ids)
     special = set(tokenizer.all_special_ids)
     rows, counts = [], {"sampled": cfg["n"], **{r: 0 for r in REASONS}}

@@ -18,7 +18,7 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
-from stages import checkpoint, ledger
+from stages import checkpoint, dp_training, ledger
 from stages import params as P
 from stages import privacy_accounting as acct
 from stages.artifacts import file_digest
@@ -72,8 +72,9 @@ def train(params: dict, out) -> dict:
              len(instructions), p.sampling_rate, p.steps, p.noise_multiplier, p.clip_norm, p.composed_epsilon,
              p.composed_epsilon_prv, p.delta)
     # A checkpoint may be resumed only by the very same run: same params, plan (noise, rate,
-    # steps), data and base weights; anything else would mix two mechanisms under one ledger entry.
-    run_key = P.params_hash(phash, p.as_dict(), file_digest(TRAIN), file_digest(GENERATOR_DIR / "model.safetensors"))
+    # steps), data, base weights and training code; anything else would mix two runs in one adapter.
+    run_key = P.params_hash(phash, p.as_dict(), file_digest(TRAIN), file_digest(GENERATOR_DIR / "model.safetensors"),
+                            file_digest(__file__), file_digest(dp_training.__file__))
     torch.manual_seed(cfg["seed"])
     model, tokenizer = lora_model(cfg)
     examples, prompt_len = build_examples(tokenizer, instructions, cfg["prompt"], cfg["max_seq_len"])

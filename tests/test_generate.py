@@ -145,3 +145,13 @@ def test_bad_params_are_refused_before_sampling(release):
     with pytest.raises(ConfigError, match=r"generate.top_p"):
         run(release)
     assert not stage.CHUNK_DIR.exists()
+
+
+def test_chunks_of_other_sampling_code_are_not_resumed(release, monkeypatch):
+    run(release)
+    real_digest, real_sample, calls = stage.file_digest, sampling.sample, []
+    # Pretend stages/sampling.py was edited: its saved chunks must be re-sampled, not reused.
+    monkeypatch.setattr(stage, "file_digest", lambda p: "edited" if str(p) == sampling.__file__ else real_digest(p))
+    monkeypatch.setattr(sampling, "sample", lambda *a, **k: (calls.append(1), real_sample(*a, **k))[1])
+    run(release)
+    assert len(calls) == 3
