@@ -79,6 +79,10 @@ class Outputs:
             json.dump(obj, f, indent=2, sort_keys=True, allow_nan=False)  # strict JSON for every reader
             f.write("\n")
 
+    def write_csv(self, df, final) -> None:
+        """Plot data for `dvc plots`: plain CSV, header row, no index."""
+        df.to_csv(self.path(final), index=False, lineterminator="\n")
+
     @staticmethod
     def _remove(p: Path) -> None:
         if p.is_dir():

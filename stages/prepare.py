@@ -1,9 +1,8 @@
-"""Stage `prepare`: clean the private and public instruction files and split the private one.
+"""Stage `prepare`: clean the PRIVATE instruction file and split it into train / val / test.
 
-Private set (params ``data.private_path``) -> data/prepared/{train,val,test}.parquet, class
-private. Public set (``data.public_path``) -> data/prepared/public.parquet, class public.
-Pipeline per file: normalise whitespace, drop empty rows, keep lengths within
-[min_tokens, max_tokens] tokens of the generator's tokenizer, exact dedup, n-gram dedup.
+``data.private_path`` -> data/prepared/{train,val,test}.parquet, class private (cleaning rules in
+stages/cleaning.py). The public set has its own stage (`prepare_public`), so that no public artifact
+is ever produced by a stage that reads private data.
 The split is seeded and by user: rows sharing a ``user_id`` land in one split (a later issue adds
 user-level DP); rows without one are their own unit. Only counts are logged, never text.
 """
@@ -18,42 +17,15 @@ import pyarrow as pa
 from stages import params as P
 from stages import quality
 from stages.artifacts import table_metadata
+from stages.cleaning import SCHEMA, clean, rules
 from stages.errors import InputError
-from stages.instructions_io import read_instructions
 from stages.model_io import GENERATOR_DIR, load_tokenizer
 from stages.runner import run_stage
-from stages.text_filters import dedup, normalise
 
 log = logging.getLogger("stages.prepare")
-SCHEMA = pa.schema([pa.field("id", pa.string(), nullable=False), pa.field("instruction", pa.string(), nullable=False),
-                    pa.field("user_id", pa.string()), pa.field("n_tokens", pa.int32(), nullable=False)])
 SPLITS = ("train", "val", "test")
-OUT = {name: f"data/prepared/{name}.parquet" for name in (*SPLITS, "public")}
+OUT = {name: f"data/prepared/{name}.parquet" for name in SPLITS}
 METRICS = "metrics/prepare.json"
-
-
-def clean(path, tokenizer, cfg: dict) -> tuple[pd.DataFrame, dict]:
-    records = read_instructions(path)
-    df = pd.DataFrame({"id": [r.id for r in records], "user_id": [r.user_id for r in records],
-                       "instruction": [normalise(r.instruction) for r in records]})
-    counts = {"read": len(df)}
-    df = df[df.instruction != ""]
-    counts["empty"] = counts["read"] - len(df)
-    if df.empty:
-        raise InputError(path, f"no instruction left after filtering ({counts})")
-    df = df.assign(n_tokens=[len(ids) for ids in tokenizer(df.instruction.tolist(), add_special_tokens=False)["input_ids"]])
-    counts["too_short"] = int((df.n_tokens < cfg["min_tokens"]).sum())
-    counts["too_long"] = int((df.n_tokens > cfg["max_tokens"]).sum())
-    df = df[df.n_tokens.between(cfg["min_tokens"], cfg["max_tokens"])]
-    reasons = pd.Series(dedup(df.instruction.tolist(), casefold=cfg["dedup_casefold"], ngram_n=cfg["ngram_dedup_n"]),
-                        index=df.index, dtype=object)
-    counts["exact_duplicate"] = int((reasons == "exact").sum())
-    counts["ngram_duplicate"] = int((reasons == "ngram").sum())
-    df = df[reasons.isna()].reset_index(drop=True)
-    counts["kept"] = len(df)
-    if df.empty:
-        raise InputError(path, f"no instruction left after filtering ({counts})")
-    return df, counts
 
 
 def split(df: pd.DataFrame, cfg: dict, path) -> dict[str, pd.DataFrame]:
@@ -81,37 +53,20 @@ def split(df: pd.DataFrame, cfg: dict, path) -> dict[str, pd.DataFrame]:
     return parts
 
 
-def rules(name: str, df: pd.DataFrame, cfg: dict, others: dict[str, pd.DataFrame]) -> list:
-    return quality.table_rules(
-        columns=SCHEMA.names, non_null=("instruction", "n_tokens"), unique=("instruction",),
-        between={"n_tokens": (cfg["min_tokens"], cfg["max_tokens"])},
-        disjoint_from={o: {"id": d.id.tolist(), "instruction": d.instruction.tolist()} for o, d in others.items()})
-
-
 def prepare(params: dict, out) -> dict:
     data, cfg = P.section(params, "data"), P.section(params, "prepare")
     tokenizer = load_tokenizer(GENERATOR_DIR)
-    phash = P.params_hash(data, cfg, params["models"]["generator"])
-    private, private_counts = clean(data["private_path"], tokenizer, cfg)
+    phash = P.params_hash(data["private_path"], cfg, params["models"]["generator"])
+    private, counts = clean(data["private_path"], tokenizer, cfg)
     parts = split(private, cfg, data["private_path"])
-    public, public_counts = clean(data["public_path"], tokenizer, cfg)
-    if cfg.get("public_size"):
-        public = public.sample(n=min(cfg["public_size"], len(public)), random_state=cfg["seed"]).sort_index()
-    tables = {**parts, "public": public}
-    reports = {}
-    for name, df in tables.items():
-        others = {o: parts[o] for o in SPLITS if o != name} if name in SPLITS else {}
-        reports[name] = quality.check(df, f"prepare/{name}", rules(name, df, cfg, others))
-    for name, df in tables.items():
-        privacy = "public" if name == "public" else "private"
+    for name, df in parts.items():
+        report = quality.check(df, f"prepare/{name}", rules(df, cfg, {o: parts[o] for o in SPLITS if o != name}))
         out.write_parquet(pa.Table.from_pandas(df, preserve_index=False), OUT[name], SCHEMA,
-                          table_metadata("prepare", phash, privacy, split=name, source=str(data[f"{privacy}_path"])))
-        out.write_json(reports[name], quality.report_path(f"prepare/{name}"))
-    metrics = {"private": {**private_counts, **{s: len(parts[s]) for s in SPLITS}},
-               "public": {**public_counts, "written": len(public)}}
+                          table_metadata("prepare", phash, "private", split=name, source=str(data["private_path"])))
+        out.write_json(report, quality.report_path(f"prepare/{name}"))
+    metrics = {"private": {**counts, **{s: len(parts[s]) for s in SPLITS}}}
     out.write_json(metrics, METRICS)
     log.info("private: %s", metrics["private"])
-    log.info("public: %s", metrics["public"])
     return metrics
 
 

@@ -1,0 +1,123 @@
+"""Stage `evaluate`: how close each instruction set is to the real held-out TEST split.
+
+Sets (``SETS``): ``train`` (real: the non-private reference, the best a generator could reach),
+``public`` (FLAN: out-of-domain baseline), ``pool`` (DP synthetic pool, unfiltered) and ``release``
+(DP, after Algorithm 2). For each:
+  * MAUVE against test (stages/mauve_score.py, on the precomputed embeddings; samples of at most
+    ``evaluate.sample_size`` rows, mean and std over ``evaluate.seeds`` k-means seeds);
+  * length in words and distinct-1/2/3, the latter on samples of one common size;
+  * the share of each cluster of Algorithm 2 (pool buckets) next to test's: clusters covered and
+    total variation distance to test.
+Plot data: plots/eval/cluster_shares.csv (with the DP histogram's shares, the release's target)
+and plots/eval/lengths.csv.
+
+Privacy class: private. These numbers are computed on the private test and train splits without
+noise: they are for the data owner and never part of a release (dvc.yaml ``meta.private_outputs``).
+"""
+from __future__ import annotations
+
+import logging
+import zlib
+
+import numpy as np
+import pandas as pd
+from tqdm import tqdm
+
+from stages import bucketing, embedding_io, mauve_score
+from stages import params as P
+from stages.artifacts import read_metadata, read_table
+from stages.errors import InputError
+from stages.runner import run_stage
+from stages.text_stats import distinct_n, length_shares, length_summary, words
+
+log = logging.getLogger("stages.evaluate")
+STAGE = "evaluate"
+REFERENCE = ("data/prepared/test.parquet", "data/embeddings/test.parquet")
+SETS = {"train": ("data/prepared/train.parquet", "data/embeddings/train.parquet"),
+        "public": ("data/prepared/public.parquet", "data/embeddings/public.parquet"),
+        "pool": ("data/generated/pool.parquet", "data/embeddings/pool.parquet"),
+        "release": ("data/release/instructions.parquet", "data/embeddings/pool.parquet")}  # release is a subset of the pool
+BUCKETS = "data/clusters/buckets.parquet"
+NOISY = "data/histogram/noisy_histogram.parquet"
+METRICS = "metrics/eval.json"
+CLUSTER_PLOT = "plots/eval/cluster_shares.csv"
+LENGTH_PLOT = "plots/eval/lengths.csv"
+
+
+def load(text_path: str, embedding_path: str) -> tuple[list[str], np.ndarray]:
+    """Texts and their embeddings, row-aligned by id."""
+    df = pd.read_parquet(text_path, columns=["id", "instruction"])
+    ids, vectors = embedding_io.read(embedding_path)
+    position = pd.Series(np.arange(len(ids)), index=ids)
+    missing = ~df.id.isin(position.index)
+    if missing.any():
+        raise InputError(embedding_path, f"no embedding for {int(missing.sum())} rows of {text_path} "
+                                         f"(first id {df.id[missing].iloc[0]!r}): re-run its embed stage", field="id")
+    return df.instruction.tolist(), vectors[position[df.id].to_numpy()]
+
+
+def sample(n: int, size: int, seed: int, name: str) -> np.ndarray:
+    """Seeded sample of at most `size` row indices; one generator per set, so sets do not interact."""
+    rng = np.random.default_rng([seed, zlib.crc32(name.encode())])
+    return np.sort(rng.choice(n, size=min(n, size), replace=False))
+
+
+def shares(labels: np.ndarray, k: int) -> np.ndarray:
+    return np.bincount(labels, minlength=k) / len(labels)
+
+
+def evaluate(params: dict, out) -> dict:
+    cfg = P.section(params, STAGE)
+    seed, size = int(cfg["seed"]), int(cfg["sample_size"])
+    paths = {"test": REFERENCE, **SETS}
+    embedders = {name: read_metadata(emb).get("embedder") for name, (_, emb) in paths.items()}
+    if len(set(embedders.values())) != 1:
+        raise InputError(SETS["pool"][1], f"embeddings come from different embedders: {embedders}; re-run embed")
+    data = {name: load(*p) for name, p in paths.items()}
+    test_vectors = data["test"][1][sample(len(data["test"][0]), size, seed, "test")]
+
+    result = {"reference": {"set": "test", "rows": len(data["test"][0]), "mauve_sample": len(test_vectors)},
+              "mauve": {}, "length_words": {}, "distinct": {}, "clusters": {}}
+    for name in tqdm(SETS, desc="MAUVE vs test", unit="set"):
+        texts, vectors = data[name]
+        score = mauve_score.mauve(vectors[sample(len(texts), size, seed, name)], test_vectors,
+                                  buckets=cfg["num_buckets"], explained_variance=float(cfg["explained_variance"]),
+                                  niter=int(cfg["niter"]), nredo=int(cfg["nredo"]), seeds=cfg["kmeans_seeds"])
+        result["mauve"][name] = score
+        log.info("MAUVE %s vs test: %.3f (std %.3f over %d k-means seeds, %d buckets, %d vs %d rows)", name,
+                 score["mauve"], score["mauve_std"], len(score["per_seed"]), score["num_buckets"], score["n_p"], score["n_q"])
+
+    common = min(size, *(len(texts) for texts, _ in data.values()))  # distinct-n falls with size: compare equals
+    lengths = {}
+    for name, (texts, _) in data.items():
+        lengths[name] = np.array([len(words(t)) for t in texts])
+        result["length_words"][name] = length_summary(lengths[name])
+        picked = [texts[i] for i in sample(len(texts), common, seed, name)]
+        result["distinct"][name] = {f"distinct_{n}": distinct_n(picked, n) for n in (1, 2, 3)}
+    result["distinct_sample"] = common
+
+    buckets = bucketing.from_table(read_table(BUCKETS), {})
+    k = len(buckets.centroids)
+    noisy = pd.read_parquet(NOISY).sort_values("cluster").noisy_count.to_numpy()
+    cluster_shares = {name: shares(buckets.assign(vectors), k) for name, (_, vectors) in data.items()}
+    cluster_shares["dp_histogram"] = noisy / noisy.sum() if noisy.sum() > 0 else np.full(k, 1 / k)
+    for name, s in cluster_shares.items():
+        result["clusters"][name] = {"covered": int((s > 0).sum()), "k": k,
+                                    "tv_to_test": float(0.5 * np.abs(s - cluster_shares["test"]).sum())}
+
+    plot_sets = ["test", "pool", "release", "dp_histogram"]
+    out.write_csv(pd.DataFrame({"cluster": np.arange(k), **{n: cluster_shares[n].round(6) for n in plot_sets}}), CLUSTER_PLOT)
+    width, top = int(cfg["length_bin_words"]), int(cfg["length_max_words"])
+    out.write_csv(pd.DataFrame({"words": np.arange(0, top + 1, width),
+                                **{n: length_shares(v, width, top).round(6) for n, v in lengths.items()}}), LENGTH_PLOT)
+    out.write_json(result, METRICS)
+    return result
+
+
+def main() -> None:
+    with run_stage(STAGE) as out:
+        evaluate(P.load(), out)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,52 @@
+"""Stage `prepare_public`: clean the PUBLIC out-of-domain instruction file (the paper's FLAN baseline).
+
+``data.public_path`` -> data/prepared/public.parquet, class public, with the same cleaning rules as
+the private set (``prepare.min_tokens`` ... in stages/cleaning.py) and an optional seeded cap
+``prepare_public.size``. This stage never reads private data: that is why it is not part of
+`prepare`, and the lineage check (stages/lineage.py) verifies it on the DAG.
+"""
+from __future__ import annotations
+
+import logging
+
+import pyarrow as pa
+
+from stages import params as P
+from stages import quality
+from stages.artifacts import table_metadata
+from stages.cleaning import FILTER_KEYS, SCHEMA, clean, rules
+from stages.model_io import GENERATOR_DIR, load_tokenizer
+from stages.runner import run_stage
+
+log = logging.getLogger("stages.prepare_public")
+STAGE = "prepare_public"
+OUT = "data/prepared/public.parquet"
+METRICS = "metrics/prepare_public.json"
+
+
+def prepare_public(params: dict, out) -> dict:
+    path = P.section(params, "data")["public_path"]
+    filters = {k: P.section(params, "prepare")[k] for k in FILTER_KEYS}
+    cfg = P.section(params, STAGE)
+    tokenizer = load_tokenizer(GENERATOR_DIR)
+    public, counts = clean(path, tokenizer, filters)
+    if cfg.get("size"):  # a seeded sample: the public set only serves as a baseline and for evaluation
+        public = public.sample(n=min(int(cfg["size"]), len(public)), random_state=int(cfg["seed"])).sort_index()
+    report = quality.check(public, f"{STAGE}/public", rules(public, filters))
+    meta = table_metadata(STAGE, P.params_hash(path, filters, cfg, params["models"]["generator"]), "public",
+                          split="public", source=str(path))
+    out.write_parquet(pa.Table.from_pandas(public, preserve_index=False), OUT, SCHEMA, meta)
+    out.write_json(report, quality.report_path(f"{STAGE}/public"))
+    metrics = {**counts, "written": len(public)}
+    out.write_json(metrics, METRICS)
+    log.info("public: %s", metrics)
+    return metrics
+
+
+def main() -> None:
+    with run_stage(STAGE) as out:
+        prepare_public(P.load(), out)
+
+
+if __name__ == "__main__":
+    main()
