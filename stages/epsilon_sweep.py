@@ -87,9 +87,11 @@ def collect(shown: list[dict]) -> list[dict]:
         name = rev.get("name") or ""
         if not name.startswith(PREFIX) or rev.get("rev") == "workspace":
             continue
-        data = rev.get("data") or {}
-        target = (((data.get("params") or {}).get("params.yaml") or {}).get("data") or {}).get("privacy", {}).get("epsilon")
-        row = {"experiment": name, "target_epsilon": target, "failed": rev.get("error") is not None,
+        failed = rev.get("error") is not None or rev.get("data") is None
+        data = {} if failed else rev["data"]  # a failed run's data is its baseline's: never report it
+        params = (((rev.get("data") or {}).get("params") or {}).get("params.yaml") or {}).get("data") or {}
+        target = (params.get("privacy") or {}).get("epsilon")
+        row = {"experiment": name, "target_epsilon": target, "failed": failed,
                "epsilon": _metric(data, "metrics/privacy.json", "epsilon"),
                "noise_multiplier": _metric(data, "metrics/privacy.json", "stages", "train_generator", "noise_multiplier"),
                "pool": _metric(data, "metrics/generate.json", "kept"),

@@ -62,11 +62,11 @@ def load_stages(root: Path) -> list:
 def artifacts(stages) -> dict[str, Artifact]:
     found = {}
     for s in stages:
-        private_outputs = [_norm(p) for p in s.meta.get("private_metrics", [])]
+        private_outputs = [_norm(p) for p in s.meta.get("private_outputs", [])]
         for o in s.outs:
             path = _norm(o.def_path)
             privacy = "private" if any(_covers(p, path) for p in private_outputs) else s.meta.get("privacy")
-            found[path] = Artifact(path, s.addressing, privacy, o.hash_info.value if o.hash_info else None)
+            found[path] = Artifact(path, s.name, privacy, o.hash_info.value if o.hash_info else None)
     return found
 
 
@@ -87,9 +87,9 @@ def check(root: Path | str = ".", stages=None) -> tuple[list[str], dict[str, Art
     params = yaml.safe_load((root / "params.yaml").read_text()) if (root / "params.yaml").exists() else {}
     data = params.get("data", {})
     arts, problems = artifacts(stages), []
-    by_stage = {s.addressing: s for s in stages}
+    by_stage = {s.name: s for s in stages}
     for s in _topological(stages, arts):
-        name, cls, mechanism = s.addressing, s.meta.get("privacy"), s.meta.get("dp_mechanism")
+        name, cls, mechanism = s.name, s.meta.get("privacy"), s.meta.get("dp_mechanism")
         if cls not in RANK:
             problems.append(f"stage {name}: meta.privacy must be private, dp or public, got {cls!r}")
             continue
@@ -119,21 +119,21 @@ def _topological(stages, arts):
     import networkx as nx
 
     g = nx.DiGraph()
-    g.add_nodes_from(s.addressing for s in stages)
+    g.add_nodes_from(s.name for s in stages)
     for s in stages:
         for d in s.deps:
             for a in arts.values():
-                if _covers(a.path, _norm(d.def_path)) and a.stage != s.addressing:
-                    g.add_edge(a.stage, s.addressing)
+                if _covers(a.path, _norm(d.def_path)) and a.stage != s.name:
+                    g.add_edge(a.stage, s.name)
     order = {name: i for i, name in enumerate(nx.topological_sort(g))}
-    return sorted(stages, key=lambda s: order[s.addressing])
+    return sorted(stages, key=lambda s: order[s.name])
 
 
 def _metadata_mismatches(root: Path, stage, arts) -> list[str]:
     from stages.artifacts import read_metadata
 
     out = []
-    for a in (a for a in arts.values() if a.stage == stage.addressing and a.path.endswith(".parquet")):
+    for a in (a for a in arts.values() if a.stage == stage.name and a.path.endswith(".parquet")):
         if (root / a.path).is_file():
             found = read_metadata(root / a.path).get("privacy")
             if found != a.privacy:
@@ -171,7 +171,7 @@ def report(root: Path | str, stages, arts: dict[str, Artifact]) -> str:
         for d in (d for d in s.deps if isinstance(d, ParamsDependency)):
             values.update((d.hash_info.value if d.hash_info else None) or {k: "?" for k in d.params})
         mech = f", DP mechanism `{s.meta['dp_mechanism']}`" if s.meta.get("dp_mechanism") else ""
-        lines.append(f"- **{s.addressing}** (class {s.meta.get('privacy')}{mech}): "
+        lines.append(f"- **{s.name}** (class {s.meta.get('privacy')}{mech}): "
                      f"`{json.dumps(values, sort_keys=True, default=str)}`")
     return "\n".join(lines) + "\n"
 

@@ -1,5 +1,5 @@
 """Algorithm 2 end to end on real shipped data with the real embedder: embed -> cluster ->
-histogram -> resample -> account, with a stand-in pool (shipped public FLAN instructions; the
+histogram -> resample -> account -> evaluate, with a stand-in pool (shipped public FLAN instructions; the
 stages accept any instruction table) so that the test does not need a trained generator."""
 from __future__ import annotations
 
@@ -7,12 +7,16 @@ import json
 import os
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pytest
 
-from stages import account, cluster, embed, histogram, ledger, prepare, resample, train_generator
+from stages import (account, cluster, embed, embedding_io, evaluate, histogram, ledger, prepare, prepare_public, resample,
+                    train_generator)
 from stages import privacy_accounting as acct
 from stages.artifacts import Outputs, read_metadata, table_metadata, write_parquet
+from stages.errors import InputError
 
 
 def step(fn, *args):
@@ -23,15 +27,18 @@ def step(fn, *args):
 def test_release_from_real_data(project, embedder_dir):
     os.symlink(embedder_dir, "data/models/embedder")
     p = project.params
-    p["prepare"].update(train_size=200, val_size=20, test_size=20, public_size=300)
+    p["prepare"].update(train_size=200, val_size=20, test_size=60)
+    p["prepare_public"].update(size=300)
+    p["evaluate"].update(sample_size=60, nredo=1)
     p["cluster"].update(k=6, niter=20, nredo=1)
     p["privacy"].update(epsilon=6.0, delta=1e-3)
     project.save()
     step(prepare.prepare, p)
+    step(prepare_public.prepare_public, p)
     public = pa.Table.from_pandas(pd.read_parquet("data/prepared/public.parquet")[["id", "instruction"]])
     Path("data/generated").mkdir(parents=True)
     write_parquet(public, "data/generated/pool.parquet", public.schema, table_metadata("stand-in", "x", "dp"))
-    for name in ("pool", "train"):
+    for name in ("pool", "train", "test", "public"):
         step(lambda params, out, n=name: embed.embed(n, params, out), p)
     step(cluster.cluster, p)
     plan = train_generator.plan(p, 200)  # the generator's ledger entry as the stage would write it
@@ -55,3 +62,38 @@ def test_release_from_real_data(project, embedder_dir):
     assert read_metadata("data/embeddings/train.parquet")["privacy"] == "private"
     for report in ("cluster/pool_assignments", "histogram/noisy_histogram", "resample/instructions"):
         assert json.loads(Path(f"metrics/quality/{report}.json").read_text())["success"]
+
+    # evaluate: every set against the real test split, with the documented keys
+    scores = step(evaluate.evaluate, p)
+    saved = json.loads(Path(evaluate.METRICS).read_text())
+    assert saved == json.loads(json.dumps(scores))
+    assert set(saved) == {"reference", "mauve", "length_words", "distinct", "distinct_sample", "clusters"}
+    sets = {"train", "public", "pool", "release"}
+    assert set(saved["mauve"]) == sets
+    assert set(saved["length_words"]) == set(saved["distinct"]) == sets | {"test"}
+    assert set(saved["clusters"]) == sets | {"test", "dp_histogram"}
+    for s in sets:
+        assert set(saved["mauve"][s]) == {"mauve", "mauve_std", "per_seed", "num_buckets", "n_p", "n_q"}
+        assert 0 <= saved["mauve"][s]["mauve"] <= 1
+    assert set(saved["distinct"]["pool"]) == {"distinct_1", "distinct_2", "distinct_3"}
+    assert set(saved["clusters"]["pool"]) == {"covered", "k", "tv_to_test"} and saved["clusters"]["test"]["tv_to_test"] == 0
+    # real train is the same distribution as test; the stand-in pool is FLAN, out of domain
+    assert saved["mauve"]["train"]["mauve"] > 0.8 > 0.3 > saved["mauve"]["pool"]["mauve"]
+    assert saved["reference"] == {"set": "test", "rows": 60, "mauve_sample": 60}
+    shares = pd.read_csv(evaluate.CLUSTER_PLOT)
+    assert list(shares.columns) == ["cluster", "test", "pool", "release", "dp_histogram"] and len(shares) == 6
+    assert shares[["test", "pool", "release", "dp_histogram"]].sum().round(3).eq(1).all()
+    lengths = pd.read_csv(evaluate.LENGTH_PLOT)
+    assert list(lengths.columns) == ["words", "test", "train", "public", "pool", "release"]
+
+
+def test_evaluate_refuses_a_release_row_without_embedding(project, embedder_dir):
+    Path("data/embeddings").mkdir(parents=True)
+    Path("data/release").mkdir(parents=True)
+    vectors = pa.table({"id": ["a"], "instruction": ["x"]})
+    write_parquet(vectors, "data/release/instructions.parquet", vectors.schema, table_metadata("resample", "x", "dp"))
+    emb = embedding_io.to_table(["b"], np.ones((1, 4), dtype=np.float32))
+    write_parquet(emb, "data/embeddings/pool.parquet", emb.schema, table_metadata("embed", "x", "dp"))
+    with pytest.raises(InputError, match=r"data/embeddings/pool.parquet.*no embedding for 1 rows of "
+                                         r"data/release/instructions.parquet \(first id 'a'\)"):
+        evaluate.load("data/release/instructions.parquet", "data/embeddings/pool.parquet")

@@ -29,7 +29,7 @@ def trained_adapter(tmp_path_factory, generator_dir, repo_params) -> Path:
     (root / "data/raw").symlink_to(REPO / "data/raw")
     (root / "data/models/generator").symlink_to(generator_dir)
     params = yaml.safe_load(yaml.safe_dump(repo_params))
-    params["prepare"].update(train_size=24, val_size=10, test_size=10, public_size=20)
+    params["prepare"].update(train_size=24, val_size=10, test_size=10)
     params["privacy"].update(epsilon=6.0, delta=1e-3)
     params["train_generator"].update(batch_size=8, epochs=1.0, checkpoint_every=10, micro_batch_tokens=256)
     cwd = os.getcwd()

@@ -45,9 +45,22 @@ def outs(stage: str) -> set[str]:
 
 
 def test_prepare_outputs_match_dvc_yaml():
-    from stages import prepare
+    from stages import evaluate, prepare, prepare_public
 
     assert set(prepare.OUT.values()) | {"metrics/quality/prepare"} == outs("prepare")
+    assert {prepare_public.OUT, "metrics/quality/prepare_public"} == outs("prepare_public")
+    assert {evaluate.CLUSTER_PLOT, evaluate.LENGTH_PLOT} == outs("evaluate")
+    reads = {p for pair in [evaluate.REFERENCE, *evaluate.SETS.values()] for p in pair}
+    assert reads | {evaluate.BUCKETS, evaluate.NOISY} <= set(DVC["evaluate"]["deps"])
+
+
+def test_top_level_plots_point_at_stage_outputs_or_the_sweep():
+    from stages import epsilon_sweep
+
+    files = {f for plot in yaml.safe_load((REPO / "dvc.yaml").read_text())["plots"]
+             for spec in plot.values() for f in spec["y"]}
+    produced = {o for stage in DVC for o in outs(stage)}
+    assert files - produced == {epsilon_sweep.PLOT}
 
 
 def test_dvc_analytics_off_in_repo_config():

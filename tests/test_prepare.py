@@ -36,7 +36,7 @@ def test_shipped_data_counts_and_disjoint_splits(project):
     assert (priv["test"], priv["val"]) == (cfg["test_size"], cfg["val_size"])
     assert priv["train"] == priv["kept"] - cfg["test_size"] - cfg["val_size"]
 
-    tables = {s: pd.read_parquet(stage.OUT[s]) for s in (*PRIVATE_SPLITS, "public")}
+    tables = {s: pd.read_parquet(stage.OUT[s]) for s in PRIVATE_SPLITS}
     for s in PRIVATE_SPLITS:
         assert len(tables[s]) == priv[s]
         assert tables[s].n_tokens.between(cfg["min_tokens"], cfg["max_tokens"]).all()
@@ -45,11 +45,9 @@ def test_shipped_data_counts_and_disjoint_splits(project):
     for i in range(3):
         for j in range(i + 1, 3):
             assert not ids[i] & ids[j] and not texts[i] & texts[j]
-    assert len(tables["public"]) == metrics["public"]["written"] > 10_000
 
     meta = read_metadata(stage.OUT["train"])
     assert meta["stage"] == "prepare" and meta["privacy"] == "private" and len(meta["params_hash"]) == 16
-    assert read_metadata(stage.OUT["public"])["privacy"] == "public"
     assert pq.read_schema(stage.OUT["train"]).field("n_tokens").type == "int32"
     report = json.loads(open("metrics/quality/prepare/train.json").read())
     assert report["success"] and report["rows"] == priv["train"]
@@ -61,10 +59,28 @@ def test_deterministic_bytes_and_seed_changes_split(project):
     run(project)
     assert {s: digest(stage.OUT[s]) for s in stage.OUT} == first
     project.params["prepare"]["seed"] = 1
-    public = pd.read_parquet(stage.OUT["public"])
     run(project)
     assert digest(stage.OUT["train"]) != first["train"]
-    assert pd.read_parquet(stage.OUT["public"]).equals(public)  # the seed only moves the private split
+
+
+def test_public_set_has_its_own_stage_that_never_reads_the_private_file(project):
+    from stages import prepare_public
+
+    project.params["data"]["private_path"] = "does/not/exist.jsonl"  # proves the private file is not read
+    project.params["prepare_public"]["size"] = None
+    project.save()
+    with Outputs() as out:
+        metrics = prepare_public.prepare_public(project.params, out)
+    public = pd.read_parquet(prepare_public.OUT)
+    assert len(public) == metrics["written"] == metrics["kept"] > 10_000
+    assert read_metadata(prepare_public.OUT)["privacy"] == "public"
+    assert read_metadata(prepare_public.OUT)["stage"] == "prepare_public"
+    first = digest(prepare_public.OUT)
+    project.params["prepare_public"]["size"] = 100
+    with Outputs() as out:
+        prepare_public.prepare_public(project.params, out)
+    sample = pd.read_parquet(prepare_public.OUT)
+    assert len(sample) == 100 and set(sample.id) <= set(public.id) and digest(prepare_public.OUT) != first
 
 
 def test_user_level_split_keeps_a_user_in_one_split(project):

@@ -15,7 +15,7 @@ from stages.errors import PrivacyConfigError
 
 def tiny(project, **train):
     """24 private train rows, T = 3 steps of expected batch 8."""
-    project.params["prepare"].update(train_size=24, val_size=10, test_size=10, public_size=20)
+    project.params["prepare"].update(train_size=24, val_size=10, test_size=10)
     project.params["privacy"].update(epsilon=6.0, delta=1e-3)
     project.params["train_generator"].update(batch_size=8, epochs=1.0, checkpoint_every=1, micro_batch_tokens=256,
                                              **train)

@@ -1,0 +1,119 @@
+"""The lineage check on the real dvc.yaml and on deliberately mis-wired copies of it."""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pyarrow as pa
+import pytest
+import yaml
+
+from stages import lineage
+from stages.artifacts import table_metadata, write_parquet
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_shipped_pipeline_passes_and_classes_are_as_designed():
+    problems, arts = lineage.check(REPO)
+    assert problems == []
+    assert arts["data/release/instructions.parquet"].privacy == "dp"
+    assert arts["data/release/instructions.parquet"].mechanisms == {"train_generator", "histogram"}
+    assert arts["data/generated/pool.parquet"].mechanisms == {"train_generator"}
+    assert arts["data/embeddings/train.parquet"].privacy == "private"
+    assert arts["data/prepared/public.parquet"].privacy == "public"
+    # un-noised training curves and checkpoints holding the noise RNG state stay private
+    assert arts["data/checkpoints/train_generator"].privacy == "private"
+    assert arts["dvclive/train_generator/metrics.json"].privacy == "private"
+    assert arts["metrics/eval.json"].privacy == "private"
+
+
+@pytest.fixture
+def fixture_project(tmp_path):
+    """A copy of the pipeline definition in a scratch DVC project (no data, no git)."""
+    from dvc.repo import Repo
+
+    for name in ("dvc.yaml", "params.yaml"):
+        shutil.copy(REPO / name, tmp_path / name)
+    Repo.init(str(tmp_path), no_scm=True).close()
+
+    def edit(fn):
+        spec = yaml.safe_load((tmp_path / "dvc.yaml").read_text())
+        fn(spec["stages"])
+        (tmp_path / "dvc.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
+        return tmp_path
+
+    return edit
+
+
+def _add_dep(stage, path):
+    return lambda s: s[stage]["deps"].append(path)
+
+
+MISWIRED = {
+    # resampling straight from private embeddings bypasses the DP histogram
+    "release_reads_private_embeddings": (_add_dep("resample", "data/embeddings/train.parquet"),
+                                         "stage resample (class dp) reads data/embeddings/train.parquet (class private"),
+    # the generator's pool must be post-processing of the adapter only
+    "generate_reads_private_split": (_add_dep("generate", "data/prepared/train.parquet"),
+                                     "stage generate (class dp) reads data/prepared/train.parquet"),
+    # relabelling a private embedding as dp does not launder it: the edge into it fails
+    "private_embeddings_relabelled_dp": (lambda s: s["embed"]["foreach"]["train"].update(privacy="dp"),
+                                         "stage embed@train (class dp) reads data/prepared/train.parquet"),
+    "public_stage_reads_private_file": (_add_dep("prepare_public", "${data.private_path}"),
+                                        "stage prepare_public (class public) reads data/raw/chatbot_arena"),
+    "histogram_without_mechanism": (lambda s: s["histogram"]["meta"].pop("dp_mechanism"),
+                                    "stage histogram (class dp) reads data/embeddings/train.parquet"),
+    "mechanism_on_a_private_stage": (lambda s: s["prepare"]["meta"].update(dp_mechanism="gaussian"),
+                                     "stage prepare: declares dp_mechanism 'gaussian' but its class is 'private'"),
+    "undeclared_raw_input_counts_as_private": (_add_dep("cluster", "data/raw/extra.jsonl"),
+                                               "reads data/raw/extra.jsonl (class private, raw input)"),
+    "evaluation_relabelled_dp": (lambda s: s["evaluate"]["meta"].update(privacy="dp"),
+                                 "stage evaluate (class dp) reads data/prepared/test.parquet"),
+    "reading_a_private_output_of_a_dp_stage": (_add_dep("account", "dvclive/train_generator/metrics.json"),
+                                               "reads dvclive/train_generator/metrics.json (class private"),
+    "missing_class": (lambda s: s["cluster"]["meta"].pop("privacy"), "stage cluster: meta.privacy must be"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(MISWIRED))
+def test_miswired_pipeline_is_caught(fixture_project, case):
+    mutate, message = MISWIRED[case]
+    root = fixture_project(mutate)
+    problems, _ = lineage.check(root)
+    assert any(message in p for p in problems), problems
+
+
+def test_parquet_metadata_must_carry_the_stage_class(fixture_project):
+    root = fixture_project(lambda s: None)
+    assert lineage.check(root)[0] == []
+    path = root / "data/release/instructions.parquet"
+    path.parent.mkdir(parents=True)
+    table = pa.table({"id": ["a"]})
+    write_parquet(table, path, table.schema, table_metadata("resample", "x", "private"))
+    problems, _ = lineage.check(root)
+    assert problems == ["data/release/instructions.parquet: Parquet metadata says privacy 'private', "
+                        "stage resample declares 'dp'"]
+
+
+def test_command_fails_without_report_on_violation(fixture_project, capsys):
+    root = fixture_project(_add_dep("resample", "data/embeddings/train.parquet"))
+    out = root / "lineage.md"
+    assert lineage.main(["--root", str(root), "--report", str(out)]) == 1
+    assert "LINEAGE VIOLATION" in capsys.readouterr().err and not out.exists()
+
+
+def test_report_lists_every_artifact_with_hash_class_and_epsilon(tmp_path):
+    out = tmp_path / "lineage.md"
+    assert lineage.main(["--root", str(REPO), "--report", str(out)]) == 0
+    text = out.read_text()
+    lock = yaml.safe_load((REPO / "dvc.lock").read_text())["stages"]
+    release_md5 = next(o["md5"] for o in lock["resample"]["outs"] if o["path"] == "data/release/instructions.parquet")
+    row = next(line for line in text.splitlines() if "`data/release/instructions.parquet`" in line)
+    assert release_md5 in row and "| resample | dp |" in row
+    composed = json.loads((REPO / "metrics/privacy.json").read_text())["epsilon"]
+    assert f"{composed:.3f} composed (histogram + train_generator)" in row
+    _, arts = lineage.check(REPO)
+    assert all(f"`{path}`" in text for path in arts)
+    assert "- **train_generator** (class dp, DP mechanism `poisson_subsampled_gaussian`)" in text
