@@ -15,7 +15,8 @@ re-runs train_generator and everything downstream of it. ``inf`` is the non-priv
 Output: a Markdown table (also ``dvc exp show`` with the columns in ``SHOW``) and
 plots/privacy_utility.csv for ``dvc plots show`` (x: composed epsilon; y: MAUVE of the release
 and of the pool against real test data, with the non-private release and real train as reference
-lines). Experiments are compared only within one baseline commit: ``dvc exp show`` lists those of HEAD.
+lines). Experiments belong to the commit they were queued from: ``dvc exp show`` lists those of HEAD,
+``--rev <commit>`` those of another baseline.
 """
 from __future__ import annotations
 
@@ -138,6 +139,7 @@ def main(argv=None) -> int:
     parser.add_argument("--epsilons", nargs="+", default=["1", "3", "6", "inf"], help="privacy.epsilon values")
     parser.add_argument("--jobs", type=int, default=1, help="experiments at a time (1 on a 2-core machine)")
     parser.add_argument("--collect-only", action="store_true", help="do not queue or run; tabulate what exists")
+    parser.add_argument("--rev", default="HEAD", help="baseline commit whose experiments to tabulate (default HEAD)")
     args = parser.parse_args(argv)
     if not args.collect_only:
         names = queue(args.epsilons)
@@ -146,9 +148,10 @@ def main(argv=None) -> int:
             dvc("exp", "run", "--run-all", "--jobs", str(args.jobs))
         except RuntimeError as e:  # a failed experiment is reported in the table, the others still count
             print(f"warning: {e}", file=sys.stderr)
-    rows = collect(json.loads(dvc("exp", "show", "--json", capture=True)))
+    rows = collect(json.loads(dvc("exp", "show", "--json", "--rev", args.rev, capture=True)))
     if not rows:
-        print(f"no experiments named {PREFIX}* on this commit", file=sys.stderr)
+        print(f"no experiments named {PREFIX}* on {args.rev}; experiments belong to the commit they started from "
+              f"(see `dvc exp show -A`)", file=sys.stderr)
         return 1
     print(table(rows))
     print(f"{write_plot(rows)} points written to {PLOT}; draw with: dvc plots show {PLOT}")

@@ -95,6 +95,10 @@ def check(root: Path | str = ".", stages=None) -> tuple[list[str], dict[str, Art
             continue
         if mechanism and cls != "dp":
             problems.append(f"stage {name}: declares dp_mechanism {mechanism!r} but its class is {cls!r}, not dp")
+        own = [a.path for a in arts.values() if a.stage == name]
+        for p in s.meta.get("private_outputs", []):  # a typo here would silently leave an output dp
+            if not any(_covers(_norm(p), o) for o in own):
+                problems.append(f"stage {name}: private_outputs entry {p!r} is not one of its outputs")
         upstream = {name} if mechanism else set()
         for d in s.deps:
             if isinstance(d, ParamsDependency):

@@ -74,6 +74,8 @@ MISWIRED = {
     "reading_a_private_output_of_a_dp_stage": (_add_dep("account", "dvclive/train_generator/metrics.json"),
                                                "reads dvclive/train_generator/metrics.json (class private"),
     "missing_class": (lambda s: s["cluster"]["meta"].pop("privacy"), "stage cluster: meta.privacy must be"),
+    "private_outputs_typo": (lambda s: s["train_generator"]["meta"].update(private_outputs=["dvclive/train_generatr"]),
+                             "stage train_generator: private_outputs entry 'dvclive/train_generatr' is not one of its"),
 }
 
 
