@@ -3,8 +3,9 @@
 Sets (``SETS``): ``train`` (real: the non-private reference, the best a generator could reach),
 ``public`` (FLAN: out-of-domain baseline), ``pool`` (DP synthetic pool, unfiltered) and ``release``
 (DP, after Algorithm 2). For each:
-  * MAUVE against test (stages/mauve_score.py, on the precomputed embeddings; samples of at most
-    ``evaluate.sample_size`` rows, mean and std over ``evaluate.seeds`` k-means seeds);
+  * MAUVE against test (stages/mauve_score.py, on the precomputed embeddings): ``repeats`` draws of
+    exactly ``sample_size`` rows from the set and from test, a fixed number of buckets, mean and std
+    over the draws, so that sets and experiments of different sizes are compared on equal terms;
   * length in words and distinct-1/2/3, the latter on samples of one common size;
   * the share of each cluster of Algorithm 2 (pool buckets) next to test's: clusters covered and
     total variation distance to test.
@@ -74,18 +75,17 @@ def evaluate(params: dict, out) -> dict:
     if len(set(embedders.values())) != 1:
         raise InputError(SETS["pool"][1], f"embeddings come from different embedders: {embedders}; re-run embed")
     data = {name: load(*p) for name, p in paths.items()}
-    test_vectors = data["test"][1][sample(len(data["test"][0]), size, seed, "test")]
-
-    result = {"reference": {"set": "test", "rows": len(data["test"][0]), "mauve_sample": len(test_vectors)},
+    result = {"reference": {"set": "test", "rows": len(data["test"][0]), "mauve_sample": size},
               "mauve": {}, "length_words": {}, "distinct": {}, "clusters": {}}
     for name in tqdm(SETS, desc="MAUVE vs test", unit="set"):
-        texts, vectors = data[name]
-        score = mauve_score.mauve(vectors[sample(len(texts), size, seed, name)], test_vectors,
-                                  buckets=cfg["num_buckets"], explained_variance=float(cfg["explained_variance"]),
-                                  niter=int(cfg["niter"]), nredo=int(cfg["nredo"]), seeds=cfg["kmeans_seeds"])
+        score = mauve_score.resampled(data[name][1], data["test"][1], size=size, repeats=int(cfg["repeats"]),
+                                      seed=zlib.crc32(f"{seed}:{name}".encode()), buckets=cfg["num_buckets"],
+                                      explained_variance=float(cfg["explained_variance"]), niter=int(cfg["niter"]),
+                                      nredo=int(cfg["nredo"]))
         result["mauve"][name] = score
-        log.info("MAUVE %s vs test: %.3f (std %.3f over %d k-means seeds, %d buckets, %d vs %d rows)", name,
-                 score["mauve"], score["mauve_std"], len(score["per_seed"]), score["num_buckets"], score["n_p"], score["n_q"])
+        log.info("MAUVE %s vs test: %.3f (std %.3f over %d draws of %d vs %d rows, %d buckets)%s", name, score["mauve"],
+                 score["mauve_std"], len(score["per_draw"]), score["n_p"], score["n_q"], score["num_buckets"],
+                 " UNDERSIZED: not comparable with full-size scores" if score["undersized"] else "")
 
     common = min(size, *(len(texts) for texts, _ in data.values()))  # distinct-n falls with size: compare equals
     lengths = {}

@@ -14,6 +14,12 @@ agree up to the k-means solution (tested).
 mauve-text: K = max(2, round(min(n_p, n_q) / 10)), c = 5, 25 mixture weights, k-means niter 500
 and nredo 5. MAUVE of small samples varies with the k-means solution, so ``mauve`` returns the mean
 and standard deviation over several k-means seeds.
+
+MAUVE also depends on the sample sizes and on K: fewer points per bucket give noisier histograms
+and a lower score, fewer buckets a coarser comparison and a higher one. Scores are therefore only
+comparable at equal (n_p, n_q, K). ``resampled`` is the protocol for comparing sets (and
+experiments) of different sizes: R draws of exactly ``size`` rows from each set, a fixed K, and the
+mean and std over the draws (which covers both sampling and k-means variance).
 """
 from __future__ import annotations
 
@@ -76,3 +82,28 @@ def mauve(p: np.ndarray, q: np.ndarray, *, buckets="auto", explained_variance: f
               for s in seeds]
     return {"mauve": float(np.mean(scores)), "mauve_std": float(np.std(scores)), "per_seed": scores,
             "num_buckets": k, "n_p": len(p), "n_q": len(q)}
+
+
+def resampled(p: np.ndarray, q: np.ndarray, *, size: int, repeats: int, seed: int, buckets="auto",
+              explained_variance: float = 0.9, niter: int = 500, nredo: int = 5, scaling_factor: float = 5.0,
+              discretization: int = 25) -> dict:
+    """MAUVE of p against q on ``repeats`` seeded draws of ``size`` rows from each (without
+    replacement; all rows of a smaller set, which ``undersized`` then reports), K fixed by
+    ``buckets`` for the given size. Draw r uses k-means seed r.
+
+    Returns:
+        ``mauve`` (mean over draws), ``mauve_std``, ``per_draw``, ``num_buckets``, ``n_p``, ``n_q``,
+        ``undersized`` (True when p or q has fewer than ``size`` rows: not comparable to full-size scores).
+    """
+    rng = np.random.default_rng(seed)
+    n_p, n_q = min(len(p), size), min(len(q), size)
+    k = num_buckets(size, size, buckets)
+    scores = []
+    for r in range(repeats):
+        pi = rng.choice(len(p), size=n_p, replace=False)
+        qi = rng.choice(len(q), size=n_q, replace=False)
+        scores.append(frontier_area(*histograms(p[pi], q[qi], k=k, explained_variance=explained_variance, niter=niter,
+                                                nredo=nredo, seed=r),
+                                    scaling_factor=scaling_factor, discretization=discretization))
+    return {"mauve": float(np.mean(scores)), "mauve_std": float(np.std(scores)), "per_draw": scores,
+            "num_buckets": k, "n_p": n_p, "n_q": n_q, "undersized": bool(n_p < size or n_q < size)}

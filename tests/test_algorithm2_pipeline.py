@@ -29,7 +29,7 @@ def test_release_from_real_data(project, embedder_dir):
     p = project.params
     p["prepare"].update(train_size=200, val_size=20, test_size=60)
     p["prepare_public"].update(size=300)
-    p["evaluate"].update(sample_size=60, nredo=1)
+    p["evaluate"].update(sample_size=50, repeats=2, nredo=1)
     p["cluster"].update(k=6, niter=20, nredo=1)
     p["privacy"].update(epsilon=6.0, delta=1e-3)
     project.save()
@@ -73,13 +73,14 @@ def test_release_from_real_data(project, embedder_dir):
     assert set(saved["length_words"]) == set(saved["distinct"]) == sets | {"test"}
     assert set(saved["clusters"]) == sets | {"test", "dp_histogram"}
     for s in sets:
-        assert set(saved["mauve"][s]) == {"mauve", "mauve_std", "per_seed", "num_buckets", "n_p", "n_q"}
-        assert 0 <= saved["mauve"][s]["mauve"] <= 1
+        assert set(saved["mauve"][s]) == {"mauve", "mauve_std", "per_draw", "num_buckets", "n_p", "n_q", "undersized"}
+        assert 0 <= saved["mauve"][s]["mauve"] <= 1 and len(saved["mauve"][s]["per_draw"]) == 2
+        assert (saved["mauve"][s]["n_p"], saved["mauve"][s]["num_buckets"]) == (50, 5)  # equal terms for every set
     assert set(saved["distinct"]["pool"]) == {"distinct_1", "distinct_2", "distinct_3"}
     assert set(saved["clusters"]["pool"]) == {"covered", "k", "tv_to_test"} and saved["clusters"]["test"]["tv_to_test"] == 0
     # real train is the same distribution as test; the stand-in pool is FLAN, out of domain
     assert saved["mauve"]["train"]["mauve"] > 0.8 > 0.3 > saved["mauve"]["pool"]["mauve"]
-    assert saved["reference"] == {"set": "test", "rows": 60, "mauve_sample": 60}
+    assert saved["reference"] == {"set": "test", "rows": 60, "mauve_sample": 50}
     shares = pd.read_csv(evaluate.CLUSTER_PLOT)
     assert list(shares.columns) == ["cluster", "test", "pool", "release", "dp_histogram"] and len(shares) == 6
     assert shares[["test", "pool", "release", "dp_histogram"]].sum().round(3).eq(1).all()

@@ -61,3 +61,14 @@ def test_same_source_near_one_and_disjoint_sources_clearly_lower(real_embeddings
     assert same["mauve"] > 0.85, same
     assert other["mauve"] < 0.3, other
     assert same["num_buckets"] == 15 and len(same["per_seed"]) == 3
+
+
+def test_resampled_compares_on_equal_sizes_and_flags_small_sets():
+    rng = np.random.default_rng(1)
+    big, ref = rng.normal(size=(300, 16)), rng.normal(size=(200, 16))
+    out = mauve_score.resampled(big, ref, size=100, repeats=3, seed=7, niter=50, nredo=1)
+    assert (out["n_p"], out["n_q"], out["num_buckets"], out["undersized"]) == (100, 100, 10, False)
+    assert len(out["per_draw"]) == 3 and len(set(out["per_draw"])) > 1  # the draws differ
+    assert out == mauve_score.resampled(big, ref, size=100, repeats=3, seed=7, niter=50, nredo=1)  # seeded
+    small = mauve_score.resampled(big[:40], ref, size=100, repeats=2, seed=7, niter=50, nredo=1)
+    assert (small["n_p"], small["n_q"], small["num_buckets"], small["undersized"]) == (40, 100, 10, True)
