@@ -42,6 +42,14 @@ def name_for(epsilon: str) -> str:
     return PREFIX + ("inf" if math.isinf(value) else f"{value:g}")
 
 
+def param_value(epsilon: str) -> str:
+    """YAML for privacy.epsilon, always a float: `-S privacy.epsilon=6` would write the int 6, which
+    hashes differently from the committed 6.0, so the baseline's experiment would not match its
+    own run cache."""
+    value = float(epsilon)
+    return ".inf" if math.isinf(value) else repr(value)
+
+
 def dvc(*args: str, capture: bool = False) -> str:
     """Run the dvc of this interpreter's environment; stage commands (`python -m stages...`) find
     the same interpreter first on PATH."""
@@ -62,7 +70,7 @@ def queue(epsilons: list[str]) -> list[str]:
             raise ValueError(f"epsilon must be > 0 or inf, got {eps}")
         names.append(name_for(eps))
     for eps, name in zip(epsilons, names):
-        dvc("exp", "run", "--queue", "-n", name, "-S", f"privacy.epsilon={'.inf' if math.isinf(float(eps)) else eps}")
+        dvc("exp", "run", "--queue", "-n", name, "-S", f"privacy.epsilon={param_value(eps)}")
     return names
 
 

@@ -78,6 +78,10 @@ def test_sweep_queues_runs_and_tabulates_each_epsilon(toy_repo, capsys):
     assert yaml.safe_load(Path("params.yaml").read_text())["privacy"]["epsilon"] == 6.0
 
 
+def test_epsilon_is_written_as_a_float_so_the_baseline_matches_its_run_cache():
+    assert [epsilon_sweep.param_value(e) for e in ("6", "0.5", "1e1", "inf")] == ["6.0", "0.5", "10.0", ".inf"]
+
+
 def test_bad_epsilon_is_refused_before_anything_is_queued(toy_repo):
     with pytest.raises(ValueError, match="epsilon must be > 0"):
         epsilon_sweep.queue(["3", "0"])

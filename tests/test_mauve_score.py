@@ -48,7 +48,7 @@ def real_embeddings(embedder_dir):
     from tests.conftest import REPO
 
     model = load_embedder(embedder_dir)
-    private = pd.read_json(REPO / "data/raw/chatbot_arena/instructions.jsonl", lines=True).instruction.head(300)
+    private = pd.read_json(REPO / "data/raw/chatbot_arena/instructions.jsonl", lines=True).instruction.head(600)
     public = pd.read_json(REPO / "data/raw/flan_v2_cot/instructions.jsonl", lines=True).instruction.head(150)
     encode = lambda texts: model.encode(list(texts), batch_size=64, convert_to_numpy=True)  # noqa: E731
     return encode(private), encode(public)
@@ -56,8 +56,8 @@ def real_embeddings(embedder_dir):
 
 def test_same_source_near_one_and_disjoint_sources_clearly_lower(real_embeddings):
     private, public = real_embeddings
-    same = mauve_score.mauve(private[:150], private[150:])
-    other = mauve_score.mauve(public, private[150:])
+    same = mauve_score.mauve(private[:150], private[150:300])
+    other = mauve_score.mauve(public, private[150:300])
     assert same["mauve"] > 0.85, same
     assert other["mauve"] < 0.3, other
     assert same["num_buckets"] == 15 and len(same["per_seed"]) == 3
@@ -72,3 +72,17 @@ def test_resampled_compares_on_equal_sizes_and_flags_small_sets():
     assert out == mauve_score.resampled(big, ref, size=100, repeats=3, seed=7, niter=50, nredo=1)  # seeded
     small = mauve_score.resampled(big[:40], ref, size=100, repeats=2, seed=7, niter=50, nredo=1)
     assert (small["n_p"], small["n_q"], small["num_buckets"], small["undersized"]) == (40, 100, 10, True)
+
+
+def test_auto_buckets_favour_small_samples_and_resampled_does_not(real_embeddings):
+    # Why `evaluate` uses `resampled`: with mauve-text's auto K (min size / 10) a small sample of a
+    # set scores higher than the whole set against the same reference, purely from having fewer
+    # buckets; a set released at a small epsilon would look better for being small.
+    private, _ = real_embeddings
+    ref, whole = private[:200], private[200:600]
+    small = whole[:50]
+    auto_small, auto_whole = mauve_score.mauve(small, ref), mauve_score.mauve(whole, ref)
+    assert (auto_small["num_buckets"], auto_whole["num_buckets"]) == (5, 20)
+    assert auto_small["mauve"] - auto_whole["mauve"] > 0.05, (auto_small, auto_whole)
+    fair = [mauve_score.resampled(x, ref, size=50, repeats=3, seed=0)["mauve"] for x in (small, whole)]
+    assert abs(fair[0] - fair[1]) < 0.5 * (auto_small["mauve"] - auto_whole["mauve"]), fair

@@ -75,3 +75,13 @@ def test_embed_sets_and_expected_ledger_entries_match_dvc_yaml():
     assert {k: v["input"] for k, v in items.items()} == embed.SETS
     mechanisms = {name for name, stage in DVC.items() if stage.get("meta", {}).get("dp_mechanism")}
     assert mechanisms == set(account.EXPECTED)
+
+
+def test_no_stage_switches_off_the_run_cache():
+    # DVC never uses its run cache for a stage with a `persist` output, so `dvc exp run -S cluster.k=32`
+    # would re-train the generator although nothing it reads changed. Resume state lives outside the outs.
+    for name, stage in DVC.items():
+        for section in ("outs", "metrics", "plots"):
+            for out in stage.get(section, []):
+                spec = out if isinstance(out, str) else next(iter(out.values())) or {}
+                assert not (isinstance(spec, dict) and spec.get("persist")), f"{name}: persist output {out}"
