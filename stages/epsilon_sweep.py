@@ -102,8 +102,10 @@ def collect(shown: list[dict]) -> list[dict]:
         target = (params.get("privacy") or {}).get("epsilon")
         row = {"experiment": name, "target_epsilon": target, "failed": failed,
                "epsilon": _metric(data, "metrics/privacy.json", "epsilon"),
+               "epsilon_prv": _metric(data, "metrics/privacy.json", "epsilon_prv"),
                "noise_multiplier": _metric(data, "metrics/privacy.json", "stages", "train_generator", "noise_multiplier"),
                "pool": _metric(data, "metrics/generate.json", "kept"),
+               "sampled": _metric(data, "metrics/generate.json", "sampled"),
                "released": _metric(data, "metrics/resample.json", "released")}
         for s in ("release", "pool", "train", "public"):
             row[f"mauve_{s}"] = _metric(data, "metrics/eval.json", "mauve", s, "mauve")
@@ -117,11 +119,12 @@ def _num(x, digits=3) -> str:
 
 
 def table(rows: list[dict]) -> str:
-    head = ("| experiment | target epsilon | composed epsilon | noise multiplier | pool | released "
-            "| MAUVE pool | MAUVE release (std) | MAUVE real train |\n|---|---|---|---|---|---|---|---|---|\n")
+    head = ("| experiment | target epsilon | composed epsilon (PRV) | noise multiplier | pool kept / sampled "
+            "| released | MAUVE pool | MAUVE release (std) | MAUVE real train |\n|---|---|---|---|---|---|---|---|---|\n")
     return head + "".join(
-        f"| {r['experiment']}{' (failed)' if r['failed'] else ''} | {_num(r['target_epsilon'], 2)} | {_num(r['epsilon'])} "
-        f"| {_num(r['noise_multiplier'])} | {_num(r['pool'], 0)} | {_num(r['released'], 0)} | {_num(r['mauve_pool'])} "
+        f"| {r['experiment']}{' (failed)' if r['failed'] else ''} | {_num(r['target_epsilon'], 2)} "
+        f"| {_num(r['epsilon'])} ({_num(r['epsilon_prv'])}) | {_num(r['noise_multiplier'])} "
+        f"| {_num(r['pool'], 0)} / {_num(r['sampled'], 0)} | {_num(r['released'], 0)} | {_num(r['mauve_pool'])} "
         f"| {_num(r['mauve_release'])} ({_num(r['mauve_release_std'])}) | {_num(r['mauve_train'])} |\n" for r in rows)
 
 

@@ -21,14 +21,14 @@ value = yaml.safe_load(open("params.yaml"))["privacy"]["epsilon"]
 eps = float(value.lstrip(".") if isinstance(value, str) else value)  # dvc exp -S writes the string '.inf'
 
 finite = math.isfinite(eps)
-json.dump({"epsilon": eps * 0.99 if finite else "inf",
+json.dump({"epsilon": eps * 0.99 if finite else "inf", "epsilon_prv": eps if finite else "inf",
            "stages": {"train_generator": {"noise_multiplier": 1 / eps if finite else 0.0}}},
           open("metrics/privacy.json", "w"))
 json.dump({"mauve": {s: {"mauve": round(b * eps / (1 + eps), 6) if finite else b, "mauve_std": 0.01}
                      for s, b in {"release": 0.8, "pool": 0.7, "train": 0.97, "public": 0.04}.items()}},
           open("metrics/eval.json", "w"))
 json.dump({"released": int(10 * min(eps, 100))}, open("metrics/resample.json", "w"))
-json.dump({"kept": 100}, open("metrics/generate.json", "w"))
+json.dump({"kept": 100, "sampled": 400}, open("metrics/generate.json", "w"))
 '''
 
 
@@ -68,7 +68,9 @@ def test_sweep_queues_runs_and_tabulates_each_epsilon(toy_repo, capsys):
         assert r["mauve_pool"] == pytest.approx(expected_mauve(0.7, eps))
         assert r["released"] == int(10 * min(eps, 100)) and not r["failed"]
         assert (r["epsilon"] == "inf") if math.isinf(eps) else r["epsilon"] == pytest.approx(0.99 * eps)
-        assert f"| {r['experiment']} |" in printed
+        assert f"| {r['experiment']} |" in printed and r["sampled"] == 400
+        assert (r["epsilon_prv"] == "inf") if math.isinf(eps) else r["epsilon_prv"] == pytest.approx(eps)
+    assert "| 100 / 400 |" in printed and "| 0.990 (1.000) |" in printed
     with open(epsilon_sweep.PLOT) as f:
         plot = list(csv.DictReader(f))
     assert [p["experiment"] for p in plot] == ["eps-1", "eps-3"]  # the non-private run is the reference column
