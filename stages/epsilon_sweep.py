@@ -43,9 +43,10 @@ def name_for(epsilon: str) -> str:
 
 
 def param_value(epsilon: str) -> str:
-    """YAML for privacy.epsilon, always a float: `-S privacy.epsilon=6` would write the int 6, which
-    hashes differently from the committed 6.0, so the baseline's experiment would not match its
-    own run cache."""
+    """YAML for privacy.epsilon, always a float, like the committed 6.0. DVC itself compares params by
+    value (6 == 6.0), but `-S privacy.epsilon=6` writes the int 6, and a stage that re-runs then
+    records another params hash in its ledger and artifacts (seen: eps-6's ledger) and misses
+    run-cache entries made with 6.0."""
     value = float(epsilon)
     return ".inf" if math.isinf(value) else repr(value)
 

@@ -80,7 +80,7 @@ def test_sweep_queues_runs_and_tabulates_each_epsilon(toy_repo, capsys):
     assert yaml.safe_load(Path("params.yaml").read_text())["privacy"]["epsilon"] == 6.0
 
 
-def test_epsilon_is_written_as_a_float_so_the_baseline_matches_its_run_cache():
+def test_epsilon_is_written_as_a_float_like_the_committed_params():
     assert [epsilon_sweep.param_value(e) for e in ("6", "0.5", "1e1", "inf")] == ["6.0", "0.5", "10.0", ".inf"]
 
 

@@ -78,8 +78,9 @@ def test_embed_sets_and_expected_ledger_entries_match_dvc_yaml():
 
 
 def test_no_stage_switches_off_the_run_cache():
-    # DVC never uses its run cache for a stage with a `persist` output, so `dvc exp run -S cluster.k=32`
-    # would re-train the generator although nothing it reads changed. Resume state lives outside the outs.
+    # A queued experiment starts in a fresh copy of the commit: a `persist` output (uncached) cannot be
+    # restored there, so the stage re-runs, and DVC never uses its run cache for such a stage either.
+    # With checkpoints as outputs, `dvc exp run --queue -S cluster.k=32` re-trained the generator.
     for name, stage in DVC.items():
         for section in ("outs", "metrics", "plots"):
             for out in stage.get(section, []):
