@@ -2,16 +2,21 @@
 
 One logical step:
   1. Poisson sampling: each of the N train records joins the batch independently with
-     probability q (so batch sizes vary, mean qN; an empty batch is a valid step).
+     probability q (so batch sizes vary, mean qN; an empty batch is a valid step). The inclusion
+     draws come from a secret-keyed or OS stream (stages/dp_randomness.py), never from a seed.
   2. The sampled records are sorted by length and packed into physical micro-batches under a
      token budget, each padded only to its own longest sequence. This is post-processing of the
      sampled set and leaves the privacy analysis unchanged.
   3. opacus computes per-example gradients of the LoRA parameters, clips each to norm C and sums
      them across micro-batches (DPOptimizer with skipped steps, as BatchMemoryManager does); at the
-     last micro-batch it adds N(0, (sigma C)^2) noise once, divides by the EXPECTED batch size qN
-     and takes the Adam step.
+     last micro-batch it adds N(0, (sigma C)^2) noise once (drawn from the same kind of stream,
+     not from opacus' generator), divides by the public ``expected_batch_size`` and takes the Adam
+     step. That divisor is a param, not qN: N is private, and dividing by it would make the update
+     depend on N outside the mechanism (Adam is nearly invariant to the scale anyway).
 A record's loss is the mean token cross-entropy over its instruction tokens and EOS (the fixed
-generation prompt is context, not target), so each record contributes one gradient.
+generation prompt is context, not target), so each record contributes one gradient. A record
+longer than ``max_len`` is skipped, never cut: a cut row loses its EOS and teaches the generator
+not to stop. Skipping looks at that record alone, so neighbouring datasets stay neighbouring.
 """
 from __future__ import annotations
 
@@ -23,6 +28,9 @@ import torch
 import torch.nn.functional as F
 from opacus import GradSampleModule
 from opacus.optimizers import DPOptimizer
+from opacus.optimizers.optimizer import _check_processed_flag, _mark_as_processed
+
+from stages.dp_randomness import DPRandom
 
 IGNORE = -100
 # opacus hooks the LoRA layers with full backward hooks; the frozen embedding input has no grad,
@@ -30,15 +38,21 @@ IGNORE = -100
 warnings.filterwarnings("ignore", message="Full backward hook is firing")
 
 
-def build_examples(tokenizer, instructions: list[str], prompt: str, max_len: int) -> tuple[list[list[int]], int]:
-    """Token ids of prompt + instruction + EOS, cut at max_len; and the prompt length."""
+def build_examples(tokenizer, instructions: list[str], prompt: str, max_len: int) -> tuple[list[list[int]], int, int]:
+    """Token ids of prompt + instruction + EOS for every record that fits in max_len tokens; the
+    prompt length; and how many records were skipped as too long (a private count)."""
     prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    if len(prompt_ids) + 2 > max_len:
+        raise ValueError(f"max_len {max_len} leaves no room for an instruction after a {len(prompt_ids)}-token prompt")
     bodies = tokenizer(instructions, add_special_tokens=False)["input_ids"]
-    return [(prompt_ids + body + [tokenizer.eos_token_id])[:max_len] for body in bodies], len(prompt_ids)
+    examples = [prompt_ids + body + [tokenizer.eos_token_id] for body in bodies]
+    kept = [e for e in examples if len(e) <= max_len]
+    return kept, len(prompt_ids), len(examples) - len(kept)
 
 
-def poisson_sample(rng: np.random.Generator, n: int, q: float) -> np.ndarray:
-    return np.flatnonzero(rng.random(n) < q)
+def poisson_sample(random: DPRandom, n: int, q: float) -> np.ndarray:
+    """Indices of the records included in one step, each independently with probability q."""
+    return np.flatnonzero(random.bernoulli(n, q))
 
 
 def micro_batches(indices: np.ndarray, lengths: np.ndarray, token_budget: int) -> list[np.ndarray]:
@@ -83,6 +97,29 @@ class StepResult:
     loss: float  # mean per-example loss of the sampled records (nan for an empty batch)
 
 
+class KeyedNoiseDPOptimizer(DPOptimizer):
+    """opacus' DPOptimizer with its Gaussian noise drawn from a DPRandom stream.
+
+    opacus draws noise from a torch generator; with ``secure_mode=True`` and no generator it falls
+    back to torch's global RNG, which any seed in the code or params replays. Every other part of
+    the step (per-example clipping, accumulation over micro-batches, scaling) is opacus' own.
+    """
+
+    def __init__(self, *args, noise: DPRandom, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.noise = noise
+
+    def add_noise(self):
+        std = self.noise_multiplier * self.max_grad_norm
+        for p in self.params:
+            _check_processed_flag(p.summed_grad)
+            grad = p.summed_grad
+            if std > 0:
+                grad = grad + torch.from_numpy(self.noise.normal(tuple(grad.shape), std)).to(grad.device, grad.dtype)
+            p.grad = grad.view_as(p)
+            _mark_as_processed(p.summed_grad)
+
+
 class DPAdam:
     """opacus GradSampleModule + DPOptimizer(Adam) driven one Poisson logical batch at a time.
 
@@ -91,18 +128,16 @@ class DPAdam:
     """
 
     def __init__(self, model, *, lr: float, noise_multiplier: float, clip_norm: float, expected_batch_size: float,
-                 noise_seed: int, secure_mode: bool = False, autocast_bf16: bool = False):
+                 noise: DPRandom, autocast_bf16: bool = False):
         self.model = GradSampleModule(model, batch_first=True, loss_reduction="mean")
         params = [p for p in self.model.parameters() if p.requires_grad]
         # opacus multiplies noise_multiplier by max_grad_norm; inf x 0 would be nan, so "no clipping"
         # is a finite norm no gradient reaches.
-        # secure_mode draws noise from a cryptographic source, which cannot be seeded or replayed.
-        # opacus draws noise on the parameters' device, so the generator must live there too.
-        self.noise_generator = None if secure_mode else torch.Generator(params[0].device).manual_seed(noise_seed)
-        self.optimizer = DPOptimizer(torch.optim.Adam(params, lr=lr), noise_multiplier=noise_multiplier,
-                                     max_grad_norm=clip_norm if np.isfinite(clip_norm) else 1e30,
-                                     expected_batch_size=expected_batch_size, loss_reduction="mean",
-                                     generator=self.noise_generator, secure_mode=secure_mode)
+        self.noise = noise
+        self.optimizer = KeyedNoiseDPOptimizer(torch.optim.Adam(params, lr=lr), noise_multiplier=noise_multiplier,
+                                               max_grad_norm=clip_norm if np.isfinite(clip_norm) else 1e30,
+                                               expected_batch_size=expected_batch_size, loss_reduction="mean",
+                                               noise=noise)
         self.device_type = params[0].device.type
         self.autocast_bf16 = autocast_bf16
 

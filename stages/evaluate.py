@@ -13,7 +13,7 @@ Plot data: plots/eval/cluster_shares.csv (with the DP histogram's shares, the re
 and plots/eval/lengths.csv.
 
 Privacy class: private. These numbers are computed on the private test and train splits without
-noise: they are for the data owner and never part of a release (dvc.yaml ``meta.private_outputs``).
+noise: they are for the data owner and never part of a release.
 """
 from __future__ import annotations
 

@@ -5,14 +5,14 @@ every private instruction votes once, for its nearest centroid in the PCA space 
 synthetic pool, so adding or removing one record changes exactly one count by 1 (L2 sensitivity
 1). Independent Gaussian noise N(0, sigma^2) is added to every one of the K counts (empty
 clusters included) and negatives are clipped to 0 (post-processing). Only this noisy histogram
-leaves the stage (class dp); the exact counts exist only in memory. The noise comes from a seeded
-generator (replayable) or, with privacy.secure_mode, from the OS's cryptographic source.
+leaves the stage (class dp); the exact counts exist only in memory. The noise comes from a
+secret-keyed stream bound to this run's params and inputs (replayable by the key's holder only) or,
+with privacy.secure_mode, from the OS's CSPRNG (stages/dp_randomness.py); never from a seed.
 A non-private run (privacy.epsilon: .inf) releases the exact counts and its ledger says so.
 """
 from __future__ import annotations
 
 import logging
-import secrets
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +21,8 @@ import pyarrow as pa
 from stages import bucketing, embedding_io, ledger, quality
 from stages import params as P
 from stages import privacy_accounting as acct
-from stages.artifacts import read_metadata, read_table, table_metadata
+from stages.artifacts import file_digest, read_metadata, read_table, table_metadata
+from stages.dp_randomness import DPRandom
 from stages.runner import run_stage
 
 log = logging.getLogger("stages.histogram")
@@ -33,13 +34,8 @@ SCHEMA = pa.schema([pa.field("cluster", pa.int32(), nullable=False), pa.field("n
 METRICS = "metrics/histogram.json"
 
 
-def gaussian_noise(k: int, sigma: float, *, seed: int, secure: bool) -> np.ndarray:
-    if sigma == 0:
-        return np.zeros(k)
-    if secure:
-        source = secrets.SystemRandom()  # os.urandom: not replayable, by design
-        return np.array([source.gauss(0.0, sigma) for _ in range(k)])
-    return np.random.default_rng(seed).normal(0.0, sigma, size=k)
+def gaussian_noise(k: int, sigma: float, random: DPRandom) -> np.ndarray:
+    return np.zeros(k) if sigma == 0 else random.normal((k,), sigma)
 
 
 def exact_counts(buckets: bucketing.Buckets, embeddings: np.ndarray) -> np.ndarray:
@@ -52,14 +48,14 @@ def histogram(params: dict, out) -> dict:
     # Refuses unsafe settings before any counting; the same rule the generator's plan used.
     sigma = acct.histogram_noise(params.get("privacy"), params.get(STAGE), len(private))
     buckets = bucketing.from_table(read_table(BUCKETS), read_metadata(BUCKETS)["buckets"])
-    secure = bool(privacy.get("secure_mode", False))
-    noisy = exact_counts(buckets, private) + gaussian_noise(len(buckets.centroids), sigma, seed=int(cfg["seed"]),
-                                                            secure=secure)
-    noisy = np.clip(noisy, 0.0, None)
+    phash = P.params_hash(cfg, privacy)
+    random = DPRandom.for_purpose(f"{STAGE}/noise", phash, file_digest(TRAIN_EMBEDDINGS), file_digest(BUCKETS),
+                                  privacy=privacy)
+    secure = not random.replayable
+    noisy = np.clip(exact_counts(buckets, private) + gaussian_noise(len(buckets.centroids), sigma, random), 0.0, None)
     table = pa.table({"cluster": np.arange(len(noisy), dtype=np.int32), "noisy_count": noisy}, schema=SCHEMA)
     report = quality.check(table.to_pandas(), "histogram/noisy_histogram", quality.table_rules(
         columns=SCHEMA.names, id_column="cluster", non_null=SCHEMA.names, between={"noisy_count": (0, None)}))
-    phash = P.params_hash(cfg, privacy)
     out.write_parquet(table, NOISY, SCHEMA, table_metadata(STAGE, phash, "dp", mechanism="gaussian", sigma=sigma))
     out.write_json(report, quality.report_path("histogram/noisy_histogram"))
     delta = P.as_float(privacy["delta"])

@@ -4,6 +4,8 @@ An entry states the mechanism and everything needed to recompute its epsilon: no
 sampling rate, steps actually taken, sensitivity (noise std = noise_multiplier x sensitivity),
 neighbouring relation, delta, and the dp_accounting event itself, serialised with
 ``DpEvent.to_named_tuple`` so that ``event_from_json(entry["dp_event"])`` rebuilds it exactly.
+Entries are class dp and may be published: they never state the number of private records
+(``dataset_size`` says so), and their epsilons are rounded up at 1e-9.
 """
 from __future__ import annotations
 
@@ -14,9 +16,10 @@ from pathlib import Path
 
 import dp_accounting
 
-from stages.privacy_accounting import NEIGHBOURING, epsilon_pld, epsilon_prv
+from stages.privacy_accounting import NEIGHBOURING, epsilon_pld, epsilon_prv, round_up
 
 LEDGER_DIR = Path("metrics/privacy")
+DATASET_SIZE = "not published: q, T and sigma come from params.yaml, independent of N"
 
 
 def event_to_json(event: dp_accounting.DpEvent) -> dict:
@@ -63,8 +66,9 @@ def make_entry(*, stage: str, mechanism: str, noise_multiplier: float, sampling_
         "noise_multiplier": noise_multiplier, "sampling_rate": sampling_rate, "steps": steps,
         "sensitivity": sensitivity, "noise_std": noise_multiplier * sensitivity if private else 0.0,
         "neighbouring": NEIGHBOURING, "delta": delta,
-        "epsilon": epsilon_pld([event], delta),
-        "epsilon_prv": epsilon_prv([(noise_multiplier, sampling_rate, steps)], delta),
+        "epsilon": round_up(epsilon_pld([event], delta)),
+        "epsilon_prv": round_up(epsilon_prv([(noise_multiplier, sampling_rate, steps)], delta)),
+        "dataset_size": DATASET_SIZE,
         "accountant": "dp_accounting PLD (cross-check: opacus PRV)",
         "dp_event": event_to_json(event), **extra,
     })

@@ -3,7 +3,9 @@
 Semantics (the same for every stage, and written into each ledger entry):
 
 * Neighbouring relation: add-or-remove one record, a record being one private TRAIN instruction
-  (record-level DP; `user_id` is kept for a later user-level mode).
+  (record-level DP; `user_id` is kept for a later user-level mode). Under it the number of
+  records N is itself private (sensitivity 1): q, T and sigma come from params, never from N, and
+  no ledger entry or dp artifact states N.
 * DP-SGD / DP-Adam (Algorithm 1): T steps; at each step every record is included independently
   with probability q (Poisson sampling); each included record's gradient is clipped to L2 norm C;
   Gaussian noise of std sigma*C is added to the sum. Event: T-fold self-composition of
@@ -11,6 +13,8 @@ Semantics (the same for every stage, and written into each ledger entry):
 * DP histogram (Algorithm 2): every record adds 1 to exactly one bin, so the L2 sensitivity under
   add/remove-one is 1; i.i.d. Gaussian noise of std sigma_h per bin. Event: Gaussian(sigma_h / 1).
 * A release is the composition of all events above (sequential composition on the same records).
+* The randomness of every mechanism (sampling and noise) comes from stages/dp_randomness.py: a
+  secret key or the OS's CSPRNG, never a seed an attacker can read.
 
 Epsilon comes from dp_accounting's PLD accountant (tight, an upper bound up to its discretisation,
 which is pessimistic by construction) and is cross-checked with opacus' PRV accountant. RDP would
@@ -97,45 +101,85 @@ def check_delta(delta: float, n_records: int) -> None:
             "a delta of 1/N or more allows releasing one record in the clear")
 
 
-def calibrate_noise_multiplier(target_epsilon: float, delta: float, sampling_rate: float, steps: int,
-                               histogram_sigma: float, tolerance: float = 0.01) -> tuple[float, float]:
-    """Smallest DP-SGD noise multiplier whose composition with the histogram meets `target_epsilon`.
+def round_up(epsilon: float, places: int = 9) -> float:
+    """Epsilon rounded UP at 1e-9: accountants' last digits follow the CPU's float kernels, and a
+    ledger must never state less than was computed."""
+    return epsilon if not math.isfinite(epsilon) else math.ceil(epsilon * 10 ** places) / 10 ** places
 
-    Returns (noise_multiplier, composed_epsilon) with composed <= target (to within the bisection
-    tolerance below it). The search uses a 10x coarser PLD grid, which is faster and, being
-    pessimistic, never under-states epsilon; the returned epsilon is recomputed on the fine grid.
+
+def composed_epsilons(noise_multiplier: float, sampling_rate: float, steps: int, histogram_sigma: float,
+                      delta: float) -> tuple[float, float]:
+    """(PLD, PRV) epsilon of T DP-SGD steps composed with the Gaussian histogram."""
+    pld = epsilon_pld([dp_sgd_event(noise_multiplier, sampling_rate, steps), histogram_event(histogram_sigma)], delta)
+    prv = epsilon_prv([(noise_multiplier, sampling_rate, steps), (histogram_sigma, 1.0, 1)], delta)
+    return pld, prv
+
+
+def calibrate_noise_multiplier(target_epsilon: float, delta: float, sampling_rate: float, steps: int,
+                               histogram_sigma: float, tolerance: float = 0.01) -> tuple[float, float, float]:
+    """Smallest DP-SGD noise multiplier whose composition with the histogram meets `target_epsilon`
+    by BOTH accountants.
+
+    Returns (noise_multiplier, PLD epsilon, PRV epsilon), both <= target and the larger within
+    `tolerance` of it (unless the sigma bracket closes first). A first bisection runs on a 10x
+    coarser PLD grid (fast and, being pessimistic, never below the fine one); the second raises
+    sigma until the fine PLD and opacus' PRV upper bound both fit, so the release never exceeds
+    its budget by either accountant (PRV sits about 0.01 above PLD at the shipped setting).
     Raises PrivacyConfigError when no noise level meets the target (the histogram alone spends it).
     """
     hist = histogram_event(histogram_sigma)
 
-    def composed(sigma: float, grid: float = 10 * PLD_DISCRETISATION) -> float:
-        return epsilon_pld([dp_sgd_event(sigma, sampling_rate, steps), hist], delta, grid)
+    def coarse(sigma: float) -> float:
+        return epsilon_pld([dp_sgd_event(sigma, sampling_rate, steps), hist], delta, 10 * PLD_DISCRETISATION)
+
+    def worst(sigma: float) -> tuple[float, float, float]:
+        pld, prv = composed_epsilons(sigma, sampling_rate, steps, histogram_sigma, delta)
+        return max(pld, prv), pld, prv
 
     floor = epsilon_pld([hist], delta)
     if floor >= target_epsilon:
         raise PrivacyConfigError(
             f"privacy.epsilon={target_epsilon} cannot be met: the histogram alone (histogram.sigma="
             f"{histogram_sigma}) spends epsilon {floor:.3f} at delta {delta}; raise histogram.sigma or epsilon")
-    # Bracket [lo, hi] with eps(lo) > target >= eps(hi); epsilon decreases monotonically in sigma.
-    # Small sigmas make slow PLDs, so walk down from 1 rather than up from near 0.
+    lo, hi = _bisect(coarse, target_epsilon, tolerance)
+    # Second pass on both accountants. Epsilon is smooth in sigma: a secant step from the coarse
+    # bracket aims just inside the target, then a bisection closes in (each evaluation ~1 s).
+    found = worst(hi)
+    slope = (coarse(lo) - coarse(hi)) / (hi - lo)  # > 0: epsilon falls as sigma grows
+    while found[0] > target_epsilon:
+        lo, hi = hi, hi + (found[0] - target_epsilon + tolerance / 2) / max(slope, 1e-9)
+        found = worst(hi)
+    while target_epsilon - found[0] > tolerance and (hi - lo) / hi > 1e-4:
+        mid = (lo + hi) / 2
+        trial = worst(mid)
+        if trial[0] <= target_epsilon:
+            hi, found = mid, trial
+        else:
+            lo = mid
+    return hi, found[1], found[2]
+
+
+def _bisect(epsilon_of, target: float, tolerance: float) -> tuple[float, float]:
+    """Bracket [lo, hi] with epsilon_of(lo) > target >= epsilon_of(hi), hi within tolerance;
+    epsilon decreases monotonically in sigma. Small sigmas make slow PLDs, so the walk starts at 1."""
     lo, hi = 1.0, 1.0
-    if composed(1.0) > target_epsilon:
-        while composed(hi) > target_epsilon:
+    if epsilon_of(1.0) > target:
+        while epsilon_of(hi) > target:
             lo, hi = hi, hi * 2
             if hi > 1e4:
-                raise PrivacyConfigError(f"privacy.epsilon={target_epsilon} needs a noise multiplier above 1e4")
+                raise PrivacyConfigError(f"privacy.epsilon={target} needs a noise multiplier above 1e4")
     else:
-        while composed(lo) <= target_epsilon:
+        while epsilon_of(lo) <= target:
             lo, hi = lo / 2, lo
-    eps_hi = composed(hi)
-    while target_epsilon - eps_hi > tolerance and (hi - lo) / hi > 1e-4:
+    eps_hi = epsilon_of(hi)
+    while target - eps_hi > tolerance and (hi - lo) / hi > 1e-4:
         mid = (lo + hi) / 2
-        eps_mid = composed(mid)
-        if eps_mid <= target_epsilon:
+        eps_mid = epsilon_of(mid)
+        if eps_mid <= target:
             hi, eps_hi = mid, eps_mid
         else:
             lo = mid
-    return hi, composed(hi, PLD_DISCRETISATION)
+    return lo, hi
 
 
 @dataclass(frozen=True)
@@ -179,23 +223,28 @@ def histogram_noise(privacy: dict | None, histogram: dict | None, n_records: int
     return sigma
 
 
-def plan_generator(privacy: dict, histogram: dict, *, n_records: int, batch_size: float, epochs: float,
-                   clip_norm: float) -> GeneratorPlan:
+def plan_generator(privacy: dict, histogram: dict, *, n_records: int, sampling_rate: float, epochs: float,
+                   clip_norm: float, expected_batch_size: float) -> GeneratorPlan:
     """Budget first: calibrate the generator's noise so the COMPOSED release epsilon meets the target.
 
-    Refuses (PrivacyConfigError) a missing privacy param, delta >= 1/N, a batch larger than N, a
-    histogram without noise in a private run, and a budget that no noise level can meet.
+    q (`sampling_rate`), T = round(epochs / q) and sigma depend on params only, never on N, so the
+    ledger (class dp) does not publish N; `n_records` serves only the delta < 1/N refusal.
+    Refuses (PrivacyConfigError) a missing privacy param, delta >= 1/N, q outside (0, 1], a
+    non-positive expected batch size, a histogram without noise in a private run, and a budget that
+    no noise level can meet.
     """
     epsilon, delta, _ = required_params(privacy, histogram)
-    if not 0 < batch_size <= n_records:
-        raise PrivacyConfigError(f"expected batch size {batch_size} must be in (0, N={n_records}]")
+    if not 0 < sampling_rate <= 1:
+        raise PrivacyConfigError(f"train_generator.sampling_rate={sampling_rate} must be in (0, 1]")
+    if not expected_batch_size > 0:
+        raise PrivacyConfigError(f"train_generator.expected_batch_size={expected_batch_size} must be > 0")
     if epochs <= 0 or epsilon <= 0:
         raise PrivacyConfigError(f"epochs ({epochs}) and privacy.epsilon ({epsilon}) must be positive")
-    q = batch_size / n_records
-    steps = max(1, round(epochs / q))
+    q, steps = sampling_rate, max(1, round(epochs / sampling_rate))
     if math.isinf(epsilon):
-        return GeneratorPlan(False, 0.0, math.inf, q, steps, batch_size, delta, epsilon, 0.0, math.inf, math.inf)
+        return GeneratorPlan(False, 0.0, math.inf, q, steps, expected_batch_size, delta, epsilon, 0.0, math.inf,
+                             math.inf)
     hist_sigma = histogram_noise(privacy, histogram, n_records)
-    sigma, composed = calibrate_noise_multiplier(epsilon, delta, q, steps, hist_sigma)
-    composed_prv = epsilon_prv([(sigma, q, steps), (hist_sigma, 1.0, 1)], delta)
-    return GeneratorPlan(True, sigma, clip_norm, q, steps, batch_size, delta, epsilon, hist_sigma, composed, composed_prv)
+    sigma, composed, composed_prv = calibrate_noise_multiplier(epsilon, delta, q, steps, hist_sigma)
+    return GeneratorPlan(True, sigma, clip_norm, q, steps, expected_batch_size, delta, epsilon, hist_sigma,
+                         round_up(composed), round_up(composed_prv))

@@ -3,6 +3,7 @@ project directory laid out like the repository so that stages run exactly as und
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,9 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+# A throw-away secret key for DP randomness, made on first use: tests never touch the user's key
+# (~/.config/dpinstruct/secret.key) and CI, a clean clone, has none.
+os.environ["DPINSTRUCT_KEY_FILE"] = os.path.join(tempfile.mkdtemp(prefix="dpinstruct-test-key-"), "secret.key")
 
 
 @pytest.fixture(scope="session")

@@ -9,11 +9,16 @@ import torch
 from peft import LoraConfig, get_peft_model
 
 from stages import dp_training as D
+from stages.dp_randomness import DPRandom
 from stages.model_io import load_generator
 
 TEXTS = ["How do I bake bread?", "Write a haiku about the sea and the wind at night.",
          "What is 2+2?", "Explain the difference between OpenCL and CUDA for GPU programming."]
 PROMPT = "<|im_start|>user\n"
+
+
+def keyed(purpose="noise"):
+    return DPRandom.for_purpose(purpose, "test", privacy={"secure_mode": False})
 
 
 @pytest.fixture(scope="module")
@@ -27,14 +32,15 @@ def lora(generator_dir):
 
 
 def batch_of(tokenizer, texts, max_len=64):
-    examples, prompt_len = D.build_examples(tokenizer, texts, PROMPT, max_len)
+    examples, prompt_len, skipped = D.build_examples(tokenizer, texts, PROMPT, max_len)
+    assert skipped == 0
     return D.collate(examples, prompt_len, tokenizer.pad_token_id)
 
 
 def per_sample_and_loop(lora, texts, loop_padded: bool):
     model, tokenizer = lora
     model = copy.deepcopy(model)
-    dp = D.DPAdam(model, lr=1e-3, noise_multiplier=0.0, clip_norm=float("inf"), expected_batch_size=4, noise_seed=0)
+    dp = D.DPAdam(model, lr=1e-3, noise_multiplier=0.0, clip_norm=float("inf"), expected_batch_size=4, noise=keyed())
     batch = batch_of(tokenizer, texts)
     D.per_example_loss(dp.model, batch).mean().backward()
     params = [p for p in dp.model.parameters() if p.requires_grad]
@@ -65,7 +71,7 @@ def test_padding_to_the_micro_batch_does_not_change_gradients(lora):
 
 
 def split_in_two(tokenizer, texts):
-    examples, prompt_len = D.build_examples(tokenizer, texts, PROMPT, 64)
+    examples, prompt_len, _ = D.build_examples(tokenizer, texts, PROMPT, 64)
     lengths = np.array([len(e) for e in examples])
     micro = [D.collate([examples[i] for i in b], prompt_len, tokenizer.pad_token_id)
              for b in D.micro_batches(np.arange(len(texts)), lengths, token_budget=2 * lengths.max())]
@@ -81,7 +87,7 @@ def test_zero_noise_no_clipping_equals_plain_adam(lora):
     model, tokenizer = lora
     plain, private = copy.deepcopy(model), copy.deepcopy(model)
     opt = torch.optim.Adam(trainable(plain), lr=1e-3)
-    dp = D.DPAdam(private, lr=1e-3, noise_multiplier=0.0, clip_norm=float("inf"), expected_batch_size=4, noise_seed=0)
+    dp = D.DPAdam(private, lr=1e-3, noise_multiplier=0.0, clip_norm=float("inf"), expected_batch_size=4, noise=keyed())
     seen = []
     dp.optimizer.attach_step_hook(lambda o: seen.append(torch.cat([p.grad.flatten() for p in o.params])))
 
@@ -114,14 +120,14 @@ def test_clipping_bounds_each_example_and_noise_has_the_stated_std(lora):
     model, tokenizer = lora
     clip, sigma, expected = 1e-3, 2.0, 4.0
     dp = D.DPAdam(copy.deepcopy(model), lr=1e-3, noise_multiplier=0.0, clip_norm=clip, expected_batch_size=expected,
-                  noise_seed=0)
+                  noise=keyed())
     grads = []
     dp.optimizer.attach_step_hook(lambda o: grads.append(torch.cat([p.grad.flatten() for p in o.params])))
     dp.step(split_in_two(tokenizer, TEXTS))
     # every per-example gradient is far above 1e-3, so each is clipped to norm C exactly
     assert grads[0].norm() <= len(TEXTS) * clip / expected * (1 + 1e-5)
     noisy = D.DPAdam(copy.deepcopy(model), lr=1e-3, noise_multiplier=sigma, clip_norm=clip,
-                     expected_batch_size=expected, noise_seed=0)
+                     expected_batch_size=expected, noise=keyed())
     noisy.optimizer.attach_step_hook(lambda o: grads.append(torch.cat([p.grad.flatten() for p in o.params])))
     noisy.step([])  # empty batch: the gradient is pure noise, N(0, (sigma C)^2) / expected batch size
     assert grads[1].std().item() == pytest.approx(sigma * clip / expected, rel=0.02)
@@ -131,15 +137,15 @@ def test_empty_poisson_batch_is_a_noise_only_step(lora):
     model, _ = lora
     model = copy.deepcopy(model)
     before = [p.detach().clone() for p in model.parameters() if p.requires_grad]
-    dp = D.DPAdam(model, lr=1e-3, noise_multiplier=1.0, clip_norm=0.5, expected_batch_size=4, noise_seed=0)
+    dp = D.DPAdam(model, lr=1e-3, noise_multiplier=1.0, clip_norm=0.5, expected_batch_size=4, noise=keyed())
     assert dp.step([]).batch_size == 0
     after = [p for p in model.parameters() if p.requires_grad]
     assert all(not torch.equal(a, b) for a, b in zip(before, after))
 
 
 def test_poisson_sampler_sizes_vary_with_mean_qn():
-    rng, n, q = np.random.default_rng(0), 1000, 0.05
-    sizes = np.array([len(D.poisson_sample(rng, n, q)) for _ in range(2000)])
+    random, n, q = keyed("poisson"), 1000, 0.05
+    sizes = np.array([len(D.poisson_sample(random, n, q)) for _ in range(2000)])
     assert abs(sizes.mean() - q * n) < 1.0
     assert sizes.std() == pytest.approx(np.sqrt(n * q * (1 - q)), rel=0.1)
     assert len(set(sizes)) > 10
@@ -164,3 +170,62 @@ def test_collate_masks_prompt_and_padding(lora):
     assert (batch["labels"][batch["attention_mask"] == 0] == D.IGNORE).all()
     last = batch["attention_mask"][1].sum() - 1
     assert batch["labels"][1, last] == tokenizer.eos_token_id
+
+
+def per_example_grads(model, tokenizer, texts):
+    """Each example's LoRA gradient, computed alone (no opacus): (n, n_lora)."""
+    params, out = trainable(model), []
+    for text in texts:
+        for p in params:
+            p.grad = None
+        D.per_example_loss(model, batch_of(tokenizer, [text])).sum().backward()
+        out.append(torch.cat([p.grad.flatten() for p in params]))
+    for p in params:
+        p.grad = None
+    return torch.stack(out)
+
+
+def test_each_example_is_clipped_alone_and_divided_by_the_expected_batch(lora):
+    # 3 examples realised against an expected batch of 8: the step must be sum_i clip(g_i) / 8,
+    # not a mean over the 3 nor anything that mixes examples before clipping.
+    model, tokenizer = lora
+    texts, expected = TEXTS[:3], 8.0
+    singles = per_example_grads(copy.deepcopy(model), tokenizer, texts)
+    norms = singles.norm(dim=1)
+    clip = float(norms.median())  # one example above C, one at it, one below
+    want = sum(g * min(1.0, clip / float(n)) for g, n in zip(singles, norms)) / expected
+    dp = D.DPAdam(copy.deepcopy(model), lr=1e-3, noise_multiplier=0.0, clip_norm=clip, expected_batch_size=expected,
+                  noise=keyed())
+    seen = []
+    dp.optimizer.attach_step_hook(lambda o: seen.append(torch.cat([p.grad.flatten() for p in o.params])))
+    assert dp.step([batch_of(tokenizer, texts)]).batch_size == 3
+    # padded rows take other fp32 kernels than single examples, hence 1e-3
+    assert (seen[0] - want).norm() / want.norm() < 1e-3
+    assert not torch.allclose(seen[0], singles.sum(0) / 3, rtol=1e-2)
+
+
+def test_noise_is_added_once_per_logical_step_with_the_recorded_std(lora):
+    # Two micro-batches make one step: the noise (sigma C / B per coordinate) must be added once,
+    # not per micro-batch (which would give sqrt(2) times the std).
+    model, tokenizer = lora
+    sigma, clip, expected = 0.7, 0.05, 4.0
+    micro = split_in_two(tokenizer, TEXTS)
+    grads = {}
+    for name, noise_multiplier in (("clean", 0.0), ("noisy", sigma)):
+        dp = D.DPAdam(copy.deepcopy(model), lr=1e-3, noise_multiplier=noise_multiplier, clip_norm=clip,
+                      expected_batch_size=expected, noise=keyed())
+        dp.optimizer.attach_step_hook(lambda o, n=name: grads.setdefault(n, torch.cat([p.grad.flatten() for p in o.params])))
+        dp.step(micro)
+    noise = (grads["noisy"] - grads["clean"]).double()
+    assert noise.std().item() == pytest.approx(sigma * clip / expected, rel=0.01)  # ~460k coordinates
+    assert abs(noise.mean().item()) < 3 * sigma * clip / expected / noise.numel() ** 0.5
+
+
+def test_no_training_row_loses_its_eos(lora):
+    _, tokenizer = lora
+    long = "word " * 200
+    examples, prompt_len, skipped = D.build_examples(tokenizer, [TEXTS[0], long, TEXTS[1]], PROMPT, 64)
+    assert skipped == 1 and len(examples) == 2
+    assert all(e[-1] == tokenizer.eos_token_id and len(e) <= 64 for e in examples)
+    with pytest.raises(ValueError, match="no room"):
+        D.build_examples(tokenizer, TEXTS, PROMPT, prompt_len + 1)

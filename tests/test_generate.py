@@ -24,6 +24,10 @@ SMALL = {"n": 20, "batch_size": 8, "max_new_tokens": 16, "drop_truncated": False
 @pytest.fixture(scope="module")
 def trained_adapter(tmp_path_factory, generator_dir, repo_params) -> Path:
     """A DP adapter trained for 3 steps on 24 shipped private rows (the real train_generator)."""
+    return train_adapter(tmp_path_factory, generator_dir, repo_params)
+
+
+def train_adapter(tmp_path_factory, generator_dir, repo_params) -> Path:
     root = tmp_path_factory.mktemp("train")
     (root / "data/models").mkdir(parents=True)
     (root / "data/raw").symlink_to(REPO / "data/raw")
@@ -31,7 +35,7 @@ def trained_adapter(tmp_path_factory, generator_dir, repo_params) -> Path:
     params = yaml.safe_load(yaml.safe_dump(repo_params))
     params["prepare"].update(train_size=24, val_size=10, test_size=10)
     params["privacy"].update(epsilon=6.0, delta=1e-3)
-    params["train_generator"].update(batch_size=8, epochs=1.0, checkpoint_every=10, micro_batch_tokens=256)
+    params["train_generator"].update(sampling_rate=1 / 3, expected_batch_size=8, epochs=1.0, checkpoint_every=10, micro_batch_tokens=256)
     cwd = os.getcwd()
     os.chdir(root)
     try:
@@ -155,3 +159,19 @@ def test_chunks_of_other_sampling_code_are_not_resumed(release, monkeypatch):
     monkeypatch.setattr(sampling, "sample", lambda *a, **k: (calls.append(1), real_sample(*a, **k))[1])
     run(release)
     assert len(calls) == 3
+
+
+def test_the_pool_follows_the_key_through_the_adapter(release, trained_adapter, tmp_path_factory, generator_dir,
+                                                      repo_params, monkeypatch):
+    run(release)
+    first = pool_digest()
+    # the same key trains the same adapter, hence the same pool; another key neither
+    for key, same in (("DPINSTRUCT_KEY_FILE", True), ("other", False)):
+        if key == "other":
+            monkeypatch.setenv("DPINSTRUCT_KEY_FILE", str(tmp_path_factory.mktemp("key") / "other.key"))
+        again = train_adapter(tmp_path_factory, generator_dir, repo_params)
+        shutil.rmtree(stage.ADAPTER_DIR)
+        shutil.copytree(again, stage.ADAPTER_DIR)
+        shutil.rmtree(stage.CHUNK_DIR, ignore_errors=True)
+        run(release)
+        assert (pool_digest() == first) == same

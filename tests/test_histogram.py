@@ -16,10 +16,11 @@ from scipy import stats
 
 from stages import bucketing, cluster, embedding_io, histogram
 from stages.artifacts import Outputs, read_metadata, table_metadata, write_parquet
+from stages.dp_randomness import DPRandom
 from stages.errors import PrivacyConfigError
 
 REPO = Path(__file__).resolve().parents[1]
-PARAMS = {"privacy": {"epsilon": 6.0, "delta": 1e-5, "secure_mode": False}, "histogram": {"sigma": 10.0, "seed": 0},
+PARAMS = {"privacy": {"epsilon": 6.0, "delta": 1e-5, "secure_mode": False}, "histogram": {"sigma": 10.0},
           "cluster": {"explained_variance": 0.9, "k": 8, "niter": 20, "nredo": 1, "seed": 0,
                       "max_points_per_centroid": 256}}
 
@@ -62,18 +63,16 @@ def test_one_record_changes_exactly_one_count_by_one(fitted):
 @pytest.mark.parametrize("secure", [False, True])
 def test_noise_has_the_stated_scale(secure):
     # Kolmogorov-Smirnov against N(0, 10^2). Secure noise is fresh every run, so the size must make
-    # both outcomes near-certain: at 20,000 draws a 5% wrong scale was rejected only ~75% of the time
-    # (the secure case failed CI runs at random); at 200,000 its p-value is ~1e-26, and the right
+    # both outcomes near-certain: at 200,000 draws a 5% wrong scale has p ~ 1e-26, and the right
     # scale falls below 1e-6 once in a million runs.
     n = 200_000
-    noise = histogram.gaussian_noise(n, 10.0, seed=0, secure=secure)
+    random = DPRandom.for_purpose("test", "noise", privacy={"secure_mode": secure})
+    noise = histogram.gaussian_noise(n, 10.0, random)
     assert stats.kstest(noise / 10.0, "norm").pvalue > 1e-6
     assert abs(noise.std() - 10.0) < 0.1 and abs(noise.mean()) < 0.15
     assert stats.kstest(noise / 10.5, "norm").pvalue < 1e-6
-    if not secure:
-        assert np.array_equal(noise, histogram.gaussian_noise(n, 10.0, seed=0, secure=False))
-    else:
-        assert not np.array_equal(noise, histogram.gaussian_noise(n, 10.0, seed=0, secure=True))
+    again = histogram.gaussian_noise(n, 10.0, DPRandom.for_purpose("test", "noise", privacy={"secure_mode": secure}))
+    assert np.array_equal(noise, again) != secure  # keyed: replayed by the key; secure: never
 
 
 def run_histogram(params):
@@ -86,15 +85,18 @@ def test_stage_releases_only_the_noisy_histogram_and_its_ledger_entry(fitted):
     entry = run_histogram(PARAMS)
     noisy = pd.read_parquet(histogram.NOISY)
     exact = histogram.exact_counts(buckets(), vectors(300, 1))
-    expected = np.clip(exact + np.random.default_rng(0).normal(0, 10.0, 8), 0, None)
-    assert np.allclose(noisy.noisy_count, expected) and not np.allclose(noisy.noisy_count, exact)
+    assert not np.allclose(noisy.noisy_count, exact)
+    assert not np.allclose(noisy.noisy_count % 1, 0)  # noise is not whole numbers ...
+    seeded = np.clip(exact + np.random.default_rng(0).normal(0, 10.0, 8), 0, None)
+    assert not np.allclose(noisy.noisy_count, seeded)  # ... nor a public seed's draws
     assert read_metadata(histogram.NOISY)["privacy"] == "dp"
     saved = json.loads(Path("metrics/privacy/histogram.json").read_text())
     assert saved == json.loads(json.dumps(entry))
     assert (saved["mechanism"], saved["sampling_rate"], saved["steps"], saved["sensitivity"]) == ("gaussian", 1.0, 1, 1.0)
     acc = pld_privacy_accountant.PLDAccountant(value_discretization_interval=1e-4)
     acc.compose(dp_accounting.GaussianDpEvent(10.0))
-    assert saved["epsilon"] == pytest.approx(acc.get_epsilon(1e-5), rel=1e-9)
+    independent = acc.get_epsilon(1e-5)
+    assert independent <= saved["epsilon"] <= independent + 1e-9  # rounded up at 1e-9, never down
     metrics = json.loads(Path(histogram.METRICS).read_text())
     assert metrics["noisy_total"] == pytest.approx(noisy.noisy_count.sum()) and "n_records" not in saved
 
@@ -107,7 +109,41 @@ def test_non_private_mode_releases_exact_counts(fitted):
     assert entry["private"] is False and entry["epsilon"] == "inf"
 
 
-@pytest.mark.parametrize("change,match", [({"histogram": {"sigma": 0.0, "seed": 0}}, "sigma must be > 0"),
+def histogram_bytes():
+    return Path(histogram.NOISY).read_bytes(), Path("metrics/privacy/histogram.json").read_text()
+
+
+def test_the_key_replays_the_noise_and_another_key_or_secure_mode_does_not(fitted, monkeypatch, tmp_path_factory):
+    run_histogram(PARAMS)
+    first = histogram_bytes()
+    run_histogram(PARAMS)
+    assert histogram_bytes() == first  # the key's holder reproduces the release bit for bit
+    monkeypatch.setenv("DPINSTRUCT_KEY_FILE", str(tmp_path_factory.mktemp("key") / "other.key"))
+    run_histogram(PARAMS)
+    assert histogram_bytes()[0] != first[0]
+    secure = yaml.safe_load(yaml.safe_dump(PARAMS))
+    secure["privacy"]["secure_mode"] = True
+    run_histogram(secure)
+    one = histogram_bytes()[0]
+    run_histogram(secure)
+    assert histogram_bytes()[0] != one  # identical params, fresh noise
+    assert json.loads(Path("metrics/privacy/histogram.json").read_text())["secure_mode"] is True
+
+
+def test_the_key_is_in_no_output(fitted, monkeypatch, tmp_path_factory):
+    import base64
+
+    key_path = tmp_path_factory.mktemp("key") / "leak-test.key"
+    monkeypatch.setenv("DPINSTRUCT_KEY_FILE", str(key_path))
+    run_histogram(PARAMS)
+    key = key_path.read_bytes()
+    needles = [key, key.hex().encode(), key.hex().upper().encode(), base64.b64encode(key)]
+    for f in (p for p in Path(".").rglob("*") if p.is_file()):
+        blob = f.read_bytes()
+        assert not any(n in blob for n in needles), f
+
+
+@pytest.mark.parametrize("change,match", [({"histogram": {"sigma": 0.0}}, "sigma must be > 0"),
                                           ({"privacy": {"epsilon": 6.0, "delta": 0.01}}, "delta")])
 def test_unsafe_settings_are_refused_before_counting(fitted, change, match):
     with pytest.raises(PrivacyConfigError, match=match):

@@ -23,8 +23,10 @@ def test_shipped_pipeline_passes_and_classes_are_as_designed():
     assert arts["data/generated/pool.parquet"].mechanisms == {"train_generator"}
     assert arts["data/embeddings/train.parquet"].privacy == "private"
     assert arts["data/prepared/public.parquet"].privacy == "public"
-    # un-noised training curves stay private
+    # un-noised training curves stay private: only a mechanism's listed dp_outputs are dp
     assert arts["dvclive/train_generator/metrics.json"].privacy == "private"
+    assert arts["data/adapters/generator"].privacy == "dp"
+    assert arts["metrics/privacy/train_generator.json"].privacy == "dp"
     assert arts["metrics/eval.json"].privacy == "private"
 
 
@@ -73,8 +75,32 @@ MISWIRED = {
     "reading_a_private_output_of_a_dp_stage": (_add_dep("account", "dvclive/train_generator/metrics.json"),
                                                "reads dvclive/train_generator/metrics.json (class private"),
     "missing_class": (lambda s: s["cluster"]["meta"].pop("privacy"), "stage cluster: meta.privacy must be"),
-    "private_outputs_typo": (lambda s: s["train_generator"]["meta"].update(private_outputs=["dvclive/train_generatr"]),
-                             "stage train_generator: private_outputs entry 'dvclive/train_generatr' is not one of its"),
+    "dp_outputs_typo": (lambda s: s["train_generator"]["meta"].update(dp_outputs=["data/adapters/generatr"]),
+                        "stage train_generator: dp_outputs entry 'data/adapters/generatr' is not one of its"),
+    # issue 11, hole 1: a mechanism whose ledger entry is missing, or not composed by `account`
+    "mechanism_without_ledger_entry": (
+        lambda s: s["histogram"]["outs"].remove({"metrics/privacy/histogram.json": {"cache": False}}),
+        "stage histogram: a dp_mechanism stage must write its ledger entry metrics/privacy/histogram.json"),
+    "ledger_entry_not_composed": (
+        lambda s: s["account"]["deps"].remove("metrics/privacy/histogram.json"),
+        "its ledger entry metrics/privacy/histogram.json is not a dep of the stage that writes metrics/privacy.json"),
+    "ledger_entry_not_a_dp_output": (
+        lambda s: s["histogram"]["meta"]["dp_outputs"].remove("metrics/privacy/histogram.json"),
+        "stage histogram: a dp_mechanism stage must write its ledger entry"),
+    # hole 2: a mechanism stage reading a private file its mechanism does not protect
+    "mechanism_reads_an_extra_private_file": (
+        _add_dep("histogram", "data/prepared/test.parquet"),
+        "stage histogram (class dp) reads data/prepared/test.parquet (class private, output of prepare) without "
+        "listing it in meta.dp_inputs"),
+    "dp_inputs_typo": (lambda s: s["histogram"]["meta"].update(dp_inputs=["data/embeddings/trian.parquet"]),
+                       "stage histogram: dp_inputs entry 'data/embeddings/trian.parquet' is not one of its deps"),
+    # hole 3: code that refers to a file dvc.yaml does not declare for its stage
+    "code_reads_an_undeclared_file": (
+        lambda s: s["histogram"]["deps"].remove("data/clusters/buckets.parquet"),
+        "stage histogram: its code refers to data/clusters/buckets.parquet, which is neither a dep nor an out"),
+    "code_writes_an_undeclared_file": (
+        lambda s: s["resample"]["metrics"].clear(),
+        "stage resample: its code refers to metrics/resample.json, which is neither a dep nor an out"),
 }
 
 
@@ -118,3 +144,22 @@ def test_report_lists_every_artifact_with_hash_class_and_epsilon(tmp_path):
     _, arts = lineage.check(REPO)
     assert all(f"`{path}`" in text for path in arts)
     assert "- **train_generator** (class dp, DP mechanism `poisson_subsampled_gaussian`)" in text
+
+
+def test_referenced_paths_sees_constants_imports_and_literals():
+    from stages import evaluate, histogram
+
+    found = lineage.referenced_paths(histogram)
+    assert {"data/embeddings/train.parquet", "data/clusters/buckets.parquet", "metrics/histogram.json"} <= found
+    # evaluate keeps its inputs in a dict of tuples
+    assert {"data/prepared/test.parquet", "data/embeddings/pool.parquet"} <= lineage.referenced_paths(evaluate)
+
+
+def test_publishable_report_withholds_private_hashes(tmp_path):
+    stages = lineage.load_stages(REPO)
+    _, arts = lineage.check(REPO, stages)
+    text = lineage.report(REPO, stages, arts, publish=True)
+    row = next(line for line in text.splitlines() if "`metrics/prepare.json`" in line)
+    assert "withheld (private)" in row and arts["metrics/prepare.json"].md5 not in text
+    release = next(line for line in text.splitlines() if "`data/release/instructions.parquet`" in line)
+    assert arts["data/release/instructions.parquet"].md5 in release

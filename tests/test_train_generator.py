@@ -5,6 +5,7 @@ import hashlib
 import json
 import shutil
 
+import numpy as np
 import pytest
 import torch
 
@@ -13,12 +14,12 @@ from stages.artifacts import Outputs
 from stages.errors import PrivacyConfigError
 
 
-def tiny(project, **train):
-    """24 private train rows, T = 3 steps of expected batch 8."""
-    project.params["prepare"].update(train_size=24, val_size=10, test_size=10)
+def tiny(project, train_size=24, **train):
+    """24 private train rows, T = 3 steps of q = 1/3 (expected batch 8)."""
+    project.params["prepare"].update(train_size=train_size, val_size=10, test_size=10)
     project.params["privacy"].update(epsilon=6.0, delta=1e-3)
-    project.params["train_generator"].update(batch_size=8, epochs=1.0, checkpoint_every=1, micro_batch_tokens=256,
-                                             **train)
+    project.params["train_generator"].update(sampling_rate=1 / 3, expected_batch_size=8, epochs=1.0,
+                                             checkpoint_every=1, micro_batch_tokens=256, **train)
     project.save()
     with Outputs() as out:
         prepare.prepare(project.params, out)
@@ -60,7 +61,8 @@ def test_trains_a_loadable_adapter_and_writes_the_ledger(project, generator_dir)
         assert key in saved, key
     assert saved["mechanism"] == "poisson_subsampled_gaussian" and saved["neighbouring"] == "add_or_remove_one"
     assert saved["steps"] == 3 and saved["sampling_rate"] == pytest.approx(8 / 24) and saved["sensitivity"] == 0.5
-    assert saved["plan"]["composed_epsilon"] <= 6.0 and saved["epsilon"] < saved["plan"]["composed_epsilon"]
+    assert saved["plan"]["composed_epsilon"] <= 6.0 and saved["plan"]["composed_epsilon_prv"] <= 6.0
+    assert saved["epsilon"] < saved["plan"]["composed_epsilon"]
     assert abs(saved["epsilon"] - saved["epsilon_prv"]) < 0.1
 
     from peft import PeftModel
@@ -122,3 +124,52 @@ def test_unsafe_budget_is_refused_before_any_training(project, monkeypatch):
         run(project)
     assert not (project.root / stage.ADAPTER_DIR).exists()
     assert not (project.root / "metrics/privacy").exists()
+
+
+def test_the_key_replays_the_adapter_and_another_key_does_not(project, monkeypatch, tmp_path_factory):
+    tiny(project)
+    run(project)
+    first = adapter_digest(project.root)
+    shutil.rmtree(project.root / "data/checkpoints")
+    run(project)
+    assert adapter_digest(project.root) == first  # same key, same data and params: bit for bit
+    shutil.rmtree(project.root / "data/checkpoints")
+    monkeypatch.setenv("DPINSTRUCT_KEY_FILE", str(tmp_path_factory.mktemp("key") / "other.key"))
+    run(project)
+    assert adapter_digest(project.root) != first
+
+
+def test_a_checkpoint_made_under_another_key_is_not_resumed(project, monkeypatch, tmp_path_factory):
+    tiny(project)
+    real_step = kill_after_two_steps(project, monkeypatch)
+    monkeypatch.setenv("DPINSTRUCT_KEY_FILE", str(tmp_path_factory.mktemp("key") / "other.key"))
+    steps_taken = []
+    monkeypatch.setattr(dp_training.DPAdam, "step", lambda self, m: steps_taken.append(1) or real_step(self, m))
+    assert run(project)["steps"] == len(steps_taken) == 3
+
+
+def test_secure_mode_samples_and_noises_afresh_with_identical_params(project, monkeypatch):
+    tiny(project)
+    project.params["privacy"]["secure_mode"] = True
+    sampled, real = [], stage.poisson_sample
+    monkeypatch.setattr(stage, "poisson_sample", lambda *a: sampled.append(real(*a)) or sampled[-1])
+    digests = []
+    for _ in range(2):
+        shutil.rmtree(project.root / "data/checkpoints", ignore_errors=True)
+        entry = run(project)
+        digests.append(adapter_digest(project.root))
+    assert entry["secure_mode"] is True and digests[0] != digests[1]
+    first, second = sampled[:3], sampled[3:]
+    assert any(not np.array_equal(a, b) for a, b in zip(first, second))
+
+
+def test_the_ledger_does_not_reveal_n(project):
+    # An attacker with the ledger of two runs on datasets of 24 and 30 records sees identical entries.
+    ledgers = []
+    for n in (24, 30):
+        tiny(project, train_size=n)
+        run(project)
+        ledgers.append((project.root / "metrics/privacy/train_generator.json").read_text())
+        shutil.rmtree(project.root / "data/checkpoints")
+    assert ledgers[0] == ledgers[1]
+    assert "n_records" not in ledgers[0] and '"sampling_rate": 0.3333333333333333' in ledgers[0]

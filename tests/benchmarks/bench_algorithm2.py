@@ -20,6 +20,7 @@ import time
 import numpy as np
 
 from stages import bucketing, histogram, resample
+from stages.dp_randomness import DPRandom
 
 
 def main() -> None:
@@ -46,7 +47,7 @@ def main() -> None:
     labels = buckets.assign(pool)
     seconds["assign_pool"] = time.perf_counter() - start
     start = time.perf_counter()
-    noisy = np.clip(histogram.exact_counts(buckets, private) + histogram.gaussian_noise(args.k, 10.0, seed=0, secure=False),
+    noisy = np.clip(histogram.exact_counts(buckets, private) + histogram.gaussian_noise(args.k, 10.0, DPRandom(None)),
                     0, None)
     seconds["histogram"] = time.perf_counter() - start
     start = time.perf_counter()

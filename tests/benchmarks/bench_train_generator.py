@@ -23,6 +23,8 @@ import pandas as pd
 import torch
 import yaml
 
+from stages.dp_randomness import DPRandom
+
 TRAIN = "data/prepared/train.parquet"
 MAX_LEN, PHYSICAL = 64, 16
 
@@ -35,7 +37,7 @@ def setup():
     torch.manual_seed(0)
     model, tok = lora_model(cfg)
     texts = pd.read_parquet(TRAIN).instruction.tolist()
-    examples, prompt_len = build_examples(tok, texts, cfg["prompt"], MAX_LEN)
+    examples, prompt_len, _ = build_examples(tok, texts, cfg["prompt"], MAX_LEN)
     return cfg, model, tok, examples, prompt_len
 
 
@@ -43,9 +45,10 @@ def ours(fraction: float) -> dict:
     from stages import dp_training as D
 
     cfg, model, tok, examples, prompt_len = setup()
-    lengths, q = np.array([len(e) for e in examples]), cfg["batch_size"] / len(examples)
-    dp = D.DPAdam(model, lr=1e-3, noise_multiplier=0.6, clip_norm=0.5, expected_batch_size=cfg["batch_size"], noise_seed=0)
-    rng, steps = np.random.default_rng(0), max(1, round(fraction / q))
+    lengths, q = np.array([len(e) for e in examples]), cfg["sampling_rate"]
+    dp = D.DPAdam(model, lr=1e-3, noise_multiplier=0.6, clip_norm=0.5, expected_batch_size=cfg["expected_batch_size"],
+                  noise=DPRandom(None))
+    rng, steps = DPRandom(None), max(1, round(fraction / q))
     start = time.perf_counter()
     for _ in range(steps):
         idx = D.poisson_sample(rng, len(examples), q)
@@ -64,11 +67,11 @@ def naive(fraction: float) -> dict:
     width = MAX_LEN - padded["input_ids"].shape[1]  # ...then to 64 for every row
     fill = {"input_ids": tok.pad_token_id, "attention_mask": 0, "labels": D.IGNORE}
     tensors = [torch.nn.functional.pad(padded[k], (0, width), value=fill[k]) for k in ("input_ids", "attention_mask", "labels")]
-    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(*tensors), batch_size=cfg["batch_size"])
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(*tensors), batch_size=cfg["expected_batch_size"])
     optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-3)
     module, optimizer, loader = PrivacyEngine().make_private(module=model, optimizer=optimizer, data_loader=loader,
                                                              noise_multiplier=0.6, max_grad_norm=0.5, poisson_sampling=True)
-    steps, done = max(1, round(fraction * len(examples) / cfg["batch_size"])), 0
+    steps, done = max(1, round(fraction * len(examples) / cfg["expected_batch_size"])), 0
     start = time.perf_counter()
     with BatchMemoryManager(data_loader=loader, max_physical_batch_size=PHYSICAL, optimizer=optimizer) as batches:
         for ids, mask, labels in batches:
@@ -88,7 +91,7 @@ def step_pair(_: float) -> dict:
 
     cfg, model, tok, examples, prompt_len = setup()
     lengths, rng = np.array([len(e) for e in examples]), np.random.default_rng(0)
-    idx = rng.choice(len(examples), cfg["batch_size"], replace=False)
+    idx = rng.choice(len(examples), cfg["expected_batch_size"], replace=False)
     micro = [D.collate([examples[i] for i in b], prompt_len, tok.pad_token_id)
              for b in D.micro_batches(idx, lengths, cfg["micro_batch_tokens"])]
     plain_opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-3)
@@ -100,7 +103,7 @@ def step_pair(_: float) -> dict:
         plain_opt.step()
         plain_opt.zero_grad()
         plain.append(time.perf_counter() - start)
-    dp = D.DPAdam(model, lr=1e-3, noise_multiplier=0.6, clip_norm=0.5, expected_batch_size=len(idx), noise_seed=0)
+    dp = D.DPAdam(model, lr=1e-3, noise_multiplier=0.6, clip_norm=0.5, expected_batch_size=len(idx), noise=DPRandom(None))
     private = []
     for _ in range(3):
         start = time.perf_counter()
