@@ -1,5 +1,7 @@
-"""DVC stages of the DP synthetic-instruction pipeline (Yu, Kairouz, Oh, Xu, ICML 2024).
+"""DVC stage entry points of the DP synthetic-instruction pipeline (Yu, Kairouz, Oh, Xu, ICML 2024).
 
-One module per stage, each with a ``main()`` run by dvc.yaml as ``python -m stages.<name>``,
-plus a few shared modules (params, artifacts, quality checks, model loading).
+Only stages live here: one module per stage in dvc.yaml, named after it, each with a ``main()``
+that dvc.yaml runs as ``python -m stages.<name>``: read its params, call the ``dpinstruct``
+library, write its outputs. Reusable code belongs in ``dpinstruct`` (``dpinstruct/layout.py``
+states the rules and the tests keep them).
 """

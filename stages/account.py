@@ -12,11 +12,11 @@ from __future__ import annotations
 import logging
 import math
 
-from stages import ledger
-from stages import params as P
-from stages import privacy_accounting as acct
-from stages.errors import PrivacyConfigError
-from stages.runner import run_stage
+from dpinstruct.io import params as P
+from dpinstruct.io.errors import PrivacyConfigError
+from dpinstruct.io.runner import run_stage
+from dpinstruct.privacy import accounting as acct
+from dpinstruct.privacy import ledger
 
 log = logging.getLogger("stages.account")
 STAGE = "account"

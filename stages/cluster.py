@@ -14,11 +14,12 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from stages import bucketing, embedding_io, quality
-from stages import params as P
-from stages.artifacts import table_metadata
-from stages.errors import ConfigError, InputError
-from stages.runner import run_stage
+from dpinstruct.embeddings import bucketing, embedding_io
+from dpinstruct.io import params as P
+from dpinstruct.io import quality
+from dpinstruct.io.artifacts import table_metadata
+from dpinstruct.io.errors import ConfigError, InputError
+from dpinstruct.io.runner import run_stage
 
 log = logging.getLogger("stages.cluster")
 STAGE = "cluster"

@@ -3,7 +3,7 @@
 Sets (``SETS``): ``train`` (real: the non-private reference, the best a generator could reach),
 ``public`` (FLAN: out-of-domain baseline), ``pool`` (DP synthetic pool, unfiltered) and ``release``
 (DP, after Algorithm 2). For each:
-  * MAUVE against test (stages/mauve_score.py, on the precomputed embeddings): ``repeats`` draws of
+  * MAUVE against test (dpinstruct/embeddings/mauve_score.py, on the precomputed embeddings): ``repeats`` draws of
     exactly ``sample_size`` rows from the set and from test, a fixed number of buckets, mean and std
     over the draws, so that sets and experiments of different sizes are compared on equal terms;
   * length in words and distinct-1/2/3, the latter on samples of one common size;
@@ -24,12 +24,12 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from stages import bucketing, embedding_io, mauve_score
-from stages import params as P
-from stages.artifacts import read_metadata, read_table
-from stages.errors import InputError
-from stages.runner import run_stage
-from stages.text_stats import distinct_n, length_shares, length_summary, words
+from dpinstruct.embeddings import bucketing, embedding_io, mauve_score
+from dpinstruct.io import params as P
+from dpinstruct.io.artifacts import read_metadata, read_table
+from dpinstruct.io.errors import InputError
+from dpinstruct.io.runner import run_stage
+from dpinstruct.text.stats import distinct_n, length_shares, length_summary, words
 
 log = logging.getLogger("stages.evaluate")
 STAGE = "evaluate"

@@ -21,15 +21,17 @@ import pyarrow as pa
 import torch
 from tqdm import tqdm
 
-from stages import params as P
-from stages import quality, sampling
-from stages.artifacts import file_digest, table_metadata
-from stages.chunk_store import ChunkStore
-from stages.errors import ConfigError
-from stages.generation_parsing import REASONS, parse
-from stages.model_io import GENERATOR_DIR, device, load_generator, load_tokenizer
-from stages.runner import run_stage
-from stages.text_filters import dedup
+from dpinstruct.io import params as P
+from dpinstruct.io import quality
+from dpinstruct.io.artifacts import file_digest, table_metadata
+from dpinstruct.io.chunk_store import ChunkStore
+from dpinstruct.io.errors import ConfigError
+from dpinstruct.io.runner import run_stage
+from dpinstruct.models import sampler
+from dpinstruct.models.loading import GENERATOR_DIR, device, load_tokenizer
+from dpinstruct.models.lora import merged_model
+from dpinstruct.text.filters import dedup
+from dpinstruct.text.generation_parsing import REASONS, parse
 
 log = logging.getLogger("stages.generate")
 STAGE = "generate"
@@ -56,14 +58,6 @@ def chunk_seed(seed: int, chunk: int) -> int:
     return int(np.random.SeedSequence([seed, chunk]).generate_state(1, np.uint64)[0] >> np.uint64(1))
 
 
-def merged_generator():
-    from peft import PeftModel
-
-    base, tokenizer = load_generator(GENERATOR_DIR)
-    # Merging removes the LoRA side-branch from every forward: same function, fewer matmuls.
-    return PeftModel.from_pretrained(base, str(ADAPTER_DIR)).merge_and_unload().eval(), tokenizer
-
-
 def sample_chunks(cfg: dict, run_key: str, prompt_ids: list[int]) -> list[list[list[int]]]:
     """Token ids of every sample, chunk by chunk, reusing chunks a previous run of the same key saved."""
     size, n = cfg["batch_size"], cfg["n"]
@@ -72,7 +66,7 @@ def sample_chunks(cfg: dict, run_key: str, prompt_ids: list[int]) -> list[list[l
     done = store.done(len(sizes))
     if done:
         log.info("resuming: %d of %d chunks already sampled", len(done), len(sizes))
-    model, tokenizer = merged_generator() if len(done) < len(sizes) else (None, None)  # no load when all done
+    model, tokenizer = merged_model(GENERATOR_DIR, ADAPTER_DIR) if len(done) < len(sizes) else (None, None)  # no load when all done
     # One tick per decoding step (max_new_tokens per chunk), so the ETA moves within a chunk;
     # a chunk whose rows all end early jumps ahead, making the ETA an upper bound.
     steps = cfg["max_new_tokens"]
@@ -91,7 +85,7 @@ def sample_chunks(cfg: dict, run_key: str, prompt_ids: list[int]) -> list[list[l
             continue
         generator = torch.Generator(device=device()).manual_seed(chunk_seed(cfg["seed"], c))
         ticks = bar.n
-        tokens = sampling.sample(model, prompt_ids, rows, eos_id=tokenizer.eos_token_id,
+        tokens = sampler.sample(model, prompt_ids, rows, eos_id=tokenizer.eos_token_id,
                                 max_new_tokens=cfg["max_new_tokens"], top_p=P.as_float(cfg["top_p"]),
                                 temperature=P.as_float(cfg["temperature"]), generator=generator, on_tokens=count)
         store.save(c, pa.table({"tokens": tokens}, schema=CHUNK_SCHEMA))
@@ -112,7 +106,7 @@ def generate(params: dict, out) -> dict:
     # Saved chunks are reused only by the same params, weights and sampling code.
     run_key = P.params_hash(phash, file_digest(ADAPTER_DIR / "adapter_model.safetensors"),
                             file_digest(GENERATOR_DIR / "model.safetensors"), file_digest(__file__),
-                            file_digest(sampling.__file__))
+                            file_digest(sampler.__file__))
     chunks = sample_chunks(cfg, run_key, prompt_ids)
     special = set(tokenizer.all_special_ids)
     rows, counts = [], {"sampled": cfg["n"], **{r: 0 for r in REASONS}}

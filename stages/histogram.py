@@ -7,7 +7,7 @@ synthetic pool, so adding or removing one record changes exactly one count by 1 
 clusters included) and negatives are clipped to 0 (post-processing). Only this noisy histogram
 leaves the stage (class dp); the exact counts exist only in memory. The noise comes from a
 secret-keyed stream bound to this run's params and inputs (replayable by the key's holder only) or,
-with privacy.secure_mode, from the OS's CSPRNG (stages/dp_randomness.py); never from a seed.
+with privacy.secure_mode, from the OS's CSPRNG (dpinstruct/privacy/randomness.py); never from a seed.
 A non-private run (privacy.epsilon: .inf) releases the exact counts and its ledger says so.
 """
 from __future__ import annotations
@@ -18,12 +18,15 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from stages import bucketing, embedding_io, ledger, quality
-from stages import params as P
-from stages import privacy_accounting as acct
-from stages.artifacts import file_digest, read_metadata, read_table, table_metadata
-from stages.dp_randomness import DPRandom
-from stages.runner import run_stage
+from dpinstruct.embeddings import bucketing, embedding_io
+from dpinstruct.io import params as P
+from dpinstruct.io import quality
+from dpinstruct.io.artifacts import file_digest, read_metadata, read_table, table_metadata
+from dpinstruct.io.runner import run_stage
+from dpinstruct.privacy import accounting as acct
+from dpinstruct.privacy import ledger
+from dpinstruct.privacy.histogram import noisy_histogram
+from dpinstruct.privacy.randomness import DPRandom
 
 log = logging.getLogger("stages.histogram")
 STAGE = "histogram"
@@ -32,14 +35,6 @@ BUCKETS = Path("data/clusters/buckets.parquet")
 NOISY = Path("data/histogram/noisy_histogram.parquet")
 SCHEMA = pa.schema([pa.field("cluster", pa.int32(), nullable=False), pa.field("noisy_count", pa.float64(), nullable=False)])
 METRICS = "metrics/histogram.json"
-
-
-def gaussian_noise(k: int, sigma: float, random: DPRandom) -> np.ndarray:
-    return np.zeros(k) if sigma == 0 else random.normal((k,), sigma)
-
-
-def exact_counts(buckets: bucketing.Buckets, embeddings: np.ndarray) -> np.ndarray:
-    return np.bincount(buckets.assign(embeddings), minlength=len(buckets.centroids)).astype(np.float64)
 
 
 def histogram(params: dict, out) -> dict:
@@ -52,7 +47,7 @@ def histogram(params: dict, out) -> dict:
     random = DPRandom.for_purpose(f"{STAGE}/noise", phash, file_digest(TRAIN_EMBEDDINGS), file_digest(BUCKETS),
                                   privacy=privacy)
     secure = not random.replayable
-    noisy = np.clip(exact_counts(buckets, private) + gaussian_noise(len(buckets.centroids), sigma, random), 0.0, None)
+    noisy = noisy_histogram(buckets.assign(private), len(buckets.centroids), sigma, random)
     table = pa.table({"cluster": np.arange(len(noisy), dtype=np.int32), "noisy_count": noisy}, schema=SCHEMA)
     report = quality.check(table.to_pandas(), "histogram/noisy_histogram", quality.table_rules(
         columns=SCHEMA.names, id_column="cluster", non_null=SCHEMA.names, between={"noisy_count": (0, None)}))

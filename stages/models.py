@@ -12,10 +12,15 @@ from __future__ import annotations
 import logging
 import shutil
 
-from stages import params as P
-from stages.model_io import (EMBEDDER_DIR, GENERATOR_DIR, PACKAGE_PREFIX, load_source_generator,
-                             source_embedder)
-from stages.runner import run_stage
+from dpinstruct.io import params as P
+from dpinstruct.io.runner import run_stage
+from dpinstruct.models.loading import (
+    EMBEDDER_DIR,
+    GENERATOR_DIR,
+    PACKAGE_PREFIX,
+    load_source_generator,
+    source_embedder,
+)
 
 log = logging.getLogger("stages.models")
 

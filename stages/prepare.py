@@ -1,7 +1,7 @@
 """Stage `prepare`: clean the PRIVATE instruction file and split it into train / val / test.
 
 ``data.private_path`` -> data/prepared/{train,val,test}.parquet, class private (cleaning rules in
-stages/cleaning.py). The public set has its own stage (`prepare_public`), so that no public artifact
+dpinstruct/text/cleaning.py). The public set has its own stage (`prepare_public`), so that no public artifact
 is ever produced by a stage that reads private data.
 The split is seeded and by user: rows sharing a ``user_id`` land in one split (a later issue adds
 user-level DP); rows without one are their own unit. Only counts are logged, never text.
@@ -10,47 +10,19 @@ from __future__ import annotations
 
 import logging
 
-import numpy as np
-import pandas as pd
 import pyarrow as pa
 
-from stages import params as P
-from stages import quality
-from stages.artifacts import table_metadata
-from stages.cleaning import SCHEMA, clean, rules
-from stages.errors import InputError
-from stages.model_io import GENERATOR_DIR, load_tokenizer
-from stages.runner import run_stage
+from dpinstruct.io import params as P
+from dpinstruct.io import quality
+from dpinstruct.io.artifacts import table_metadata
+from dpinstruct.io.runner import run_stage
+from dpinstruct.models.loading import GENERATOR_DIR, load_tokenizer
+from dpinstruct.text.cleaning import SCHEMA, clean, rules
+from dpinstruct.text.splits import SPLITS, split
 
 log = logging.getLogger("stages.prepare")
-SPLITS = ("train", "val", "test")
 OUT = {name: f"data/prepared/{name}.parquet" for name in SPLITS}
 METRICS = "metrics/prepare.json"
-
-
-def split(df: pd.DataFrame, cfg: dict, path) -> dict[str, pd.DataFrame]:
-    """Seeded split by unit (user_id, else the row): test, then val, then train take whole units."""
-    unit = df.user_id.where(df.user_id.notna(), "row:" + df.id)
-    units = np.array(sorted(unit.unique()))
-    order = units[np.random.default_rng(cfg["seed"]).permutation(len(units))]
-    sizes = {"test": cfg["test_size"], "val": cfg["val_size"], "train": cfg.get("train_size") or len(df)}
-    rows_per_unit = unit.value_counts()
-    assigned, filled, current = {}, dict.fromkeys(sizes, 0), iter(("test", "val", "train"))
-    name = next(current)
-    for u in order:
-        while name is not None and filled[name] >= sizes[name]:
-            name = next(current, None)
-        if name is None:
-            break
-        assigned[u] = name
-        filled[name] += int(rows_per_unit[u])
-    label = unit.map(assigned)
-    parts = {s: df[label == s].reset_index(drop=True) for s in SPLITS}
-    short = {s: (len(parts[s]), sizes[s]) for s in ("val", "test") if len(parts[s]) < sizes[s]}
-    if short or parts["train"].empty:
-        raise InputError(path, f"only {len(df)} instructions after filtering: not enough for the split sizes "
-                               f"(have, want) = {short or {'train': (0, 'at least 1')}}")
-    return parts
 
 
 def prepare(params: dict, out) -> dict:
@@ -58,7 +30,8 @@ def prepare(params: dict, out) -> dict:
     tokenizer = load_tokenizer(GENERATOR_DIR)
     phash = P.params_hash(data["private_path"], cfg, params["models"]["generator"])
     private, counts = clean(data["private_path"], tokenizer, cfg)
-    parts = split(private, cfg, data["private_path"])
+    parts = split(private, seed=cfg["seed"], test_size=cfg["test_size"], val_size=cfg["val_size"],
+                  train_size=cfg.get("train_size"), path=data["private_path"])
     for name, df in parts.items():
         report = quality.check(df, f"prepare/{name}", rules(df, cfg, {o: parts[o] for o in SPLITS if o != name}))
         out.write_parquet(pa.Table.from_pandas(df, preserve_index=False), OUT[name], SCHEMA,

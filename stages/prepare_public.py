@@ -1,9 +1,9 @@
 """Stage `prepare_public`: clean the PUBLIC out-of-domain instruction file (the paper's FLAN baseline).
 
 ``data.public_path`` -> data/prepared/public.parquet, class public, with the same cleaning rules as
-the private set (``prepare.min_tokens`` ... in stages/cleaning.py) and an optional seeded cap
+the private set (``prepare.min_tokens`` ... in dpinstruct/text/cleaning.py) and an optional seeded cap
 ``prepare_public.size``. This stage never reads private data: that is why it is not part of
-`prepare`, and the lineage check (stages/lineage.py) verifies it on the DAG.
+`prepare`, and the lineage check (dpinstruct/privacy/lineage.py) verifies it on the DAG.
 """
 from __future__ import annotations
 
@@ -11,12 +11,12 @@ import logging
 
 import pyarrow as pa
 
-from stages import params as P
-from stages import quality
-from stages.artifacts import table_metadata
-from stages.cleaning import FILTER_KEYS, SCHEMA, clean, rules
-from stages.model_io import GENERATOR_DIR, load_tokenizer
-from stages.runner import run_stage
+from dpinstruct.io import params as P
+from dpinstruct.io import quality
+from dpinstruct.io.artifacts import table_metadata
+from dpinstruct.io.runner import run_stage
+from dpinstruct.models.loading import GENERATOR_DIR, load_tokenizer
+from dpinstruct.text.cleaning import FILTER_KEYS, SCHEMA, clean, rules
 
 log = logging.getLogger("stages.prepare_public")
 STAGE = "prepare_public"

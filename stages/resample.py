@@ -18,11 +18,12 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from stages import quality
-from stages import params as P
-from stages.artifacts import table_metadata
-from stages.errors import ConfigError, InputError
-from stages.runner import run_stage
+from dpinstruct.embeddings.resampling import draw, members, quotas
+from dpinstruct.io import params as P
+from dpinstruct.io import quality
+from dpinstruct.io.artifacts import table_metadata
+from dpinstruct.io.errors import ConfigError, InputError
+from dpinstruct.io.runner import run_stage
 
 log = logging.getLogger("stages.resample")
 STAGE = "resample"
@@ -33,31 +34,6 @@ RELEASE = Path("data/release/instructions.parquet")
 SCHEMA = pa.schema([pa.field("id", pa.string(), nullable=False), pa.field("instruction", pa.string(), nullable=False),
                     pa.field("cluster", pa.int32(), nullable=False)])
 METRICS = "metrics/resample.json"
-
-
-def quotas(noisy: np.ndarray, target: int) -> np.ndarray:
-    """floor(target x share) per cluster; all zero when every noisy count is zero."""
-    total = noisy.sum()
-    return np.zeros(len(noisy), dtype=np.int64) if total <= 0 else np.floor(target * noisy / total).astype(np.int64)
-
-
-def members(labels: np.ndarray) -> dict[int, np.ndarray]:
-    """Row indices of each cluster, ascending (one stable sort instead of a pass per cluster)."""
-    order = np.argsort(labels, kind="stable")
-    clusters, starts = np.unique(labels[order], return_index=True)
-    return {int(k): part for k, part in zip(clusters, np.split(order, starts[1:]))}
-
-
-def draw(by_cluster: dict[int, np.ndarray], want: np.ndarray, rng: np.random.Generator) -> tuple[list[int], np.ndarray]:
-    """Row indices drawn per cluster (uniform, without replacement) and how many each cluster got."""
-    rows, got = [], np.zeros(len(want), dtype=np.int64)
-    for k in range(len(want)):
-        pool = by_cluster.get(k, np.empty(0, dtype=np.int64))
-        take = min(int(want[k]), len(pool))
-        chosen = pool if take == len(pool) else rng.choice(pool, size=take, replace=False)
-        rows.extend(sorted(chosen.tolist()))
-        got[k] = take
-    return rows, got
 
 
 def resample(params: dict, out) -> dict:

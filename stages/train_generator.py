@@ -6,12 +6,11 @@ Algorithm 2 meets privacy.epsilon at privacy.delta; unsafe or impossible setting
 Output: the peft adapter (data/adapters/generator, class dp), the ledger entry
 metrics/privacy/train_generator.json and DVCLive curves (loss, epsilon spent). Checkpoints in
 data/checkpoints/train_generator let a killed run resume bit-identically. Poisson sampling and the
-noise come from secret-keyed streams bound to this run's params and data (stages/dp_randomness.py);
+noise come from secret-keyed streams bound to this run's params and data (dpinstruct/privacy/randomness.py);
 ``train_generator.seed`` drives only the LoRA initialisation.
 """
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
@@ -20,14 +19,16 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
-from stages import checkpoint, dp_training, ledger
-from stages import params as P
-from stages import privacy_accounting as acct
-from stages.artifacts import file_digest
-from stages.dp_randomness import DPRandom
-from stages.dp_training import DPAdam, build_examples, collate, micro_batches, poisson_sample
-from stages.model_io import GENERATOR_DIR, load_generator
-from stages.runner import run_stage
+from dpinstruct.io import checkpoint
+from dpinstruct.io import params as P
+from dpinstruct.io.artifacts import file_digest
+from dpinstruct.io.runner import run_stage
+from dpinstruct.models.loading import GENERATOR_DIR
+from dpinstruct.models.lora import lora_model, save_adapter
+from dpinstruct.privacy import accounting as acct
+from dpinstruct.privacy import dp_adam, ledger
+from dpinstruct.privacy.dp_adam import DPAdam, build_examples, collate, micro_batches, poisson_sample
+from dpinstruct.privacy.randomness import DPRandom
 
 log = logging.getLogger("stages.train_generator")
 TRAIN = Path("data/prepared/train.parquet")
@@ -43,26 +44,6 @@ def plan(params: dict, n_records: int) -> acct.GeneratorPlan:
                                sampling_rate=P.as_float(cfg["sampling_rate"]), epochs=P.as_float(cfg["epochs"]),
                                clip_norm=P.as_float(cfg["clip_norm"]),
                                expected_batch_size=P.as_float(cfg["expected_batch_size"]))
-
-
-def lora_model(cfg: dict):
-    from peft import LoraConfig, get_peft_model
-
-    model, tokenizer = load_generator(GENERATOR_DIR)
-    lora = LoraConfig(r=cfg["lora"]["r"], lora_alpha=cfg["lora"]["alpha"], lora_dropout=cfg["lora"]["dropout"],
-                      target_modules=list(cfg["lora"]["target_modules"]), task_type="CAUSAL_LM")
-    return get_peft_model(model, lora), tokenizer
-
-
-def save_adapter(model, target: Path) -> None:
-    model.save_pretrained(target)
-    # peft keeps target_modules as a set, so its JSON order follows PYTHONHASHSEED and the adapter's
-    # hash would change from run to run with identical weights; sort it.
-    config_path = Path(target) / "adapter_config.json"
-    config = json.loads(config_path.read_text())
-    if isinstance(config.get("target_modules"), list):
-        config["target_modules"] = sorted(config["target_modules"])
-    config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
 
 
 def train(params: dict, out) -> dict:
@@ -82,10 +63,10 @@ def train(params: dict, out) -> dict:
     # A checkpoint may be resumed only by the very same run: same params, plan (noise, rate,
     # steps), data, base weights, training code and key; anything else would mix two runs in one adapter.
     run_key = P.params_hash(phash, p.as_dict(), file_digest(TRAIN), file_digest(GENERATOR_DIR / "model.safetensors"),
-                            file_digest(__file__), file_digest(dp_training.__file__), sampler.resume_tag(),
+                            file_digest(__file__), file_digest(dp_adam.__file__), sampler.resume_tag(),
                             noise.resume_tag())
     torch.manual_seed(cfg["seed"])  # LoRA init only: public, and no DP proof relies on it
-    model, tokenizer = lora_model(cfg)
+    model, tokenizer = lora_model(GENERATOR_DIR, cfg["lora"])
     examples, prompt_len, skipped = build_examples(tokenizer, instructions, cfg["prompt"], cfg["max_seq_len"])
     if skipped:  # a private count: the log and DVCLive (private) only
         log.info("%d train instructions longer than max_seq_len=%d are skipped (never cut: they would lose EOS)",

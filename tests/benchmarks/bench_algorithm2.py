@@ -19,8 +19,9 @@ import time
 
 import numpy as np
 
-from stages import bucketing, histogram, resample
-from stages.dp_randomness import DPRandom
+from dpinstruct.embeddings import bucketing, resampling
+from dpinstruct.privacy import histogram
+from dpinstruct.privacy.randomness import DPRandom
 
 
 def main() -> None:
@@ -47,11 +48,11 @@ def main() -> None:
     labels = buckets.assign(pool)
     seconds["assign_pool"] = time.perf_counter() - start
     start = time.perf_counter()
-    noisy = np.clip(histogram.exact_counts(buckets, private) + histogram.gaussian_noise(args.k, 10.0, DPRandom(None)),
+    noisy = np.clip(histogram.exact_counts(buckets.assign(private), args.k) + histogram.gaussian_noise(args.k, 10.0, DPRandom(None)),
                     0, None)
     seconds["histogram"] = time.perf_counter() - start
     start = time.perf_counter()
-    rows, got = resample.draw(resample.members(labels), resample.quotas(noisy, 300_000), np.random.default_rng(0))
+    rows, got = resampling.draw(resampling.members(labels), resampling.quotas(noisy, 300_000), np.random.default_rng(0))
     seconds["resample"] = time.perf_counter() - start
     total = seconds["cluster_fit_total"] + seconds["assign_pool"] + seconds["histogram"] + seconds["resample"]
     print(json.dumps({**vars(args), "pca_components": int(buckets.components.shape[0]), "explained": reached,

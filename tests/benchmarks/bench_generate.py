@@ -7,7 +7,7 @@ no top-k, max_new_tokens from params) in one process, alternating `rounds` times
 noise hits both alike:
   stock:  transformers `generate` in fp32, batch 64, on the peft model as loaded (LoRA unmerged)
           and, separately, on the merged model;
-  stage:  stages.sampling.sample with the stage's batch size on the merged model.
+  stage:  dpinstruct.models.sampler.sample with the stage's batch size on the merged model.
 New tokens are counted up to and including each sequence's EOS (tokens `generate` spends on
 rows that already ended are not counted). Prints one JSON with tokens/s and the ratios.
 """
@@ -19,10 +19,11 @@ import time
 
 import torch
 
-from stages import params as P
-from stages import sampling
-from stages.generate import ADAPTER_DIR, merged_generator
-from stages.model_io import GENERATOR_DIR, load_generator
+from dpinstruct.io import params as P
+from dpinstruct.models import sampler
+from dpinstruct.models.loading import GENERATOR_DIR, load_generator
+from dpinstruct.models.lora import merged_model
+from stages.generate import ADAPTER_DIR
 
 
 def useful_tokens(rows: list[list[int]], eos: int) -> int:
@@ -42,7 +43,7 @@ def stock(model, prompt, n, eos, cfg) -> tuple[int, float]:
 def ours(model, prompt, n, eos, cfg) -> tuple[int, float]:
     tokens, start = 0, time.perf_counter()
     for c in range(0, n, cfg["batch_size"]):
-        rows = sampling.sample(model, prompt, min(cfg["batch_size"], n - c), eos_id=eos,
+        rows = sampler.sample(model, prompt, min(cfg["batch_size"], n - c), eos_id=eos,
                                 max_new_tokens=cfg["max_new_tokens"], top_p=cfg["top_p"],
                                 temperature=cfg["temperature"], generator=torch.Generator().manual_seed(c))
         tokens += sum(len(t) for t in rows)
@@ -61,7 +62,7 @@ def main() -> None:
 
     base, tokenizer = load_generator(GENERATOR_DIR)
     unmerged = PeftModel.from_pretrained(base, str(ADAPTER_DIR)).eval()
-    merged, _ = merged_generator()
+    merged, _ = merged_model(GENERATOR_DIR, ADAPTER_DIR)
     prompt = tokenizer(params["train_generator"]["prompt"], add_special_tokens=False)["input_ids"]
     eos = tokenizer.eos_token_id
     totals = {k: [0, 0.0] for k in ("stock_unmerged", "stock_merged", "stage")}

@@ -23,26 +23,27 @@ import pandas as pd
 import torch
 import yaml
 
-from stages.dp_randomness import DPRandom
+from dpinstruct.privacy.randomness import DPRandom
 
 TRAIN = "data/prepared/train.parquet"
 MAX_LEN, PHYSICAL = 64, 16
 
 
 def setup():
-    from stages.train_generator import lora_model
-    from stages.dp_training import build_examples
+    from dpinstruct.models.loading import GENERATOR_DIR
+    from dpinstruct.models.lora import lora_model
+    from dpinstruct.privacy.dp_adam import build_examples
 
     cfg = yaml.safe_load(open("params.yaml"))["train_generator"]
     torch.manual_seed(0)
-    model, tok = lora_model(cfg)
+    model, tok = lora_model(GENERATOR_DIR, cfg["lora"])
     texts = pd.read_parquet(TRAIN).instruction.tolist()
     examples, prompt_len, _ = build_examples(tok, texts, cfg["prompt"], MAX_LEN)
     return cfg, model, tok, examples, prompt_len
 
 
 def ours(fraction: float) -> dict:
-    from stages import dp_training as D
+    from dpinstruct.privacy import dp_adam as D
 
     cfg, model, tok, examples, prompt_len = setup()
     lengths, q = np.array([len(e) for e in examples]), cfg["sampling_rate"]
@@ -60,7 +61,8 @@ def ours(fraction: float) -> dict:
 def naive(fraction: float) -> dict:
     from opacus import PrivacyEngine
     from opacus.utils.batch_memory_manager import BatchMemoryManager
-    from stages import dp_training as D
+
+    from dpinstruct.privacy import dp_adam as D
 
     cfg, model, tok, examples, prompt_len = setup()
     padded = D.collate(examples, prompt_len, tok.pad_token_id)  # to the longest row...
@@ -87,7 +89,7 @@ def naive(fraction: float) -> dict:
 
 def step_pair(_: float) -> dict:
     """One DP step and one non-private step (plain Adam, same micro-batches), 3 repeats each."""
-    from stages import dp_training as D
+    from dpinstruct.privacy import dp_adam as D
 
     cfg, model, tok, examples, prompt_len = setup()
     lengths, rng = np.array([len(e) for e in examples]), np.random.default_rng(0)

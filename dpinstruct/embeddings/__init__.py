@@ -1,0 +1,1 @@
+"""Sentence embeddings: tables and encoding, bucketing (PCA + k-means), Algorithm 2's resampling, MAUVE."""

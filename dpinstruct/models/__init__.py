@@ -1,0 +1,1 @@
+"""Models: loading the generator and the embedder, LoRA adapters, and the fast nucleus sampler."""

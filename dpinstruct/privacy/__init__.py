@@ -1,0 +1,29 @@
+"""Privacy: the semantics every DP stage of the pipeline follows, stated once here.
+
+Neighbouring relation: add or remove ONE record, a record being one private train instruction
+(record-level DP). Under it the number of records N is itself private (sensitivity 1): sampling
+rates, step counts and noise multipliers come from params.yaml, never from N, and no ledger entry or
+dp artifact states N.
+
+Mechanisms and their sensitivities:
+
+* DP-Adam (Algorithm 1, ``dp_adam``): T steps; each step includes every record independently with
+  probability q (Poisson sampling); each included record's gradient is clipped to L2 norm C, so
+  adding or removing a record moves the summed gradient by at most C; Gaussian noise of std sigma C
+  is added to the sum once per step. Event: T-fold self-composition of PoissonSampled(q,
+  Gaussian(sigma)). Records are filtered (too long) by looking at each record alone, which keeps
+  neighbouring datasets neighbouring.
+* DP histogram (Algorithm 2, ``histogram``): every record votes for exactly one bin, so adding or
+  removing a record changes one count by 1 (L2 sensitivity 1); i.i.d. Gaussian noise of std sigma_h
+  on every bin. Event: Gaussian(sigma_h). Clipping negatives to 0 is post-processing.
+
+Composition: every mechanism of a release reads the same records, so their events compose
+sequentially (``accounting``, PLD with an opacus PRV cross-check; the budget is met by both). What
+is computed from DP outputs and public data only (the pool, the clusters, the release) is
+post-processing and costs nothing more; ``lineage`` checks on the DVC graph that nothing else
+reaches a dp or public artifact, and ``bundle`` publishes only dp and public files.
+
+Randomness: every DP random number (sampling and noise) comes from ``randomness``, a secret key's
+keyed streams or the OS's CSPRNG; never from a seed an attacker can read. The ledger (``ledger``)
+records each mechanism's event, rounded up, for ``account`` to compose.
+"""

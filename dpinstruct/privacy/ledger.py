@@ -1,0 +1,82 @@
+"""The privacy ledger: one JSON entry per DP stage under metrics/privacy/, composed by `account`.
+
+An entry states the mechanism and everything needed to recompute its epsilon: noise multiplier,
+sampling rate, steps actually taken, sensitivity (noise std = noise_multiplier x sensitivity),
+neighbouring relation, delta, and the dp_accounting event itself, serialised with
+``DpEvent.to_named_tuple`` so that ``event_from_json(entry["dp_event"])`` rebuilds it exactly.
+Entries are class dp and may be published: they never state the number of private records
+(``dataset_size`` says so), and their epsilons are rounded up at 1e-9.
+"""
+from __future__ import annotations
+
+import json
+import math
+from collections import namedtuple
+from pathlib import Path
+
+import dp_accounting
+
+from dpinstruct.privacy.accounting import NEIGHBOURING, epsilon_pld, epsilon_prv, round_up
+
+LEDGER_DIR = Path("metrics/privacy")
+DATASET_SIZE = "not published: q, T and sigma come from params.yaml, independent of N"
+
+
+def event_to_json(event: dp_accounting.DpEvent) -> dict:
+    def convert(value):
+        if hasattr(value, "_fields"):
+            return {f: convert(getattr(value, f)) for f in value._fields}
+        if isinstance(value, (list, tuple)):
+            return [convert(v) for v in value]
+        return value
+
+    return convert(event.to_named_tuple())
+
+
+def event_from_json(obj: dict) -> dp_accounting.DpEvent:
+    def convert(value):
+        if isinstance(value, dict) and "class_name" in value:
+            fields = {k: convert(v) for k, v in value.items()}
+            return namedtuple(f"_{value['class_name']}", fields)(**fields)
+        if isinstance(value, list):
+            return [convert(v) for v in value]
+        return value
+
+    return dp_accounting.DpEvent.from_named_tuple(convert(obj))
+
+
+def finite(x):
+    """JSON has no infinity: non-finite floats (also nested) become "inf"/"-inf"/"nan", which
+    params.as_float reads back."""
+    if isinstance(x, dict):
+        return {k: finite(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [finite(v) for v in x]
+    if isinstance(x, float) and not math.isfinite(x):
+        return str(x)
+    return x
+
+
+def make_entry(*, stage: str, mechanism: str, noise_multiplier: float, sampling_rate: float, steps: int,
+               sensitivity: float, delta: float, event: dp_accounting.DpEvent, **extra) -> dict:
+    """A ledger entry with this stage's own epsilon (PLD) and its PRV cross-check."""
+    private = noise_multiplier > 0
+    return finite({
+        "stage": stage, "mechanism": mechanism, "private": private,
+        "noise_multiplier": noise_multiplier, "sampling_rate": sampling_rate, "steps": steps,
+        "sensitivity": sensitivity, "noise_std": noise_multiplier * sensitivity if private else 0.0,
+        "neighbouring": NEIGHBOURING, "delta": delta,
+        "epsilon": round_up(epsilon_pld([event], delta)),
+        "epsilon_prv": round_up(epsilon_prv([(noise_multiplier, sampling_rate, steps)], delta)),
+        "dataset_size": DATASET_SIZE,
+        "accountant": "dp_accounting PLD (cross-check: opacus PRV)",
+        "dp_event": event_to_json(event), **extra,
+    })
+
+
+def entry_path(stage: str) -> Path:
+    return LEDGER_DIR / f"{stage}.json"
+
+
+def read_entries(directory: Path = LEDGER_DIR) -> list[dict]:
+    return [json.loads(p.read_text()) for p in sorted(Path(directory).glob("*.json"))]

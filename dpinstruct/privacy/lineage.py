@@ -1,0 +1,318 @@
+"""Privacy lineage: check the privacy class of every artifact on the DVC graph, and report it.
+
+A command, not a stage (it reads dvc.yaml and dvc.lock, which stages must not):
+``dpinstruct lineage`` checks; ``dpinstruct lineage --report metrics/lineage.md`` also
+writes the Markdown report (path, md5 from dvc.lock, stage, params, class, epsilon).
+
+Classes (``meta.privacy`` of each stage in dvc.yaml, and ``dpinstruct.privacy`` in each Parquet):
+  private  raw private data, or derived from it without a DP mechanism;
+  dp       the output of a DP mechanism stage (``meta.dp_mechanism``), or derived from dp and
+           public artifacts only (post-processing);
+  public   derived from public inputs only.
+A mechanism stage lists its dp outputs in ``meta.dp_outputs``; its other outputs (e.g. un-noised
+training curves) are private. It lists the private inputs its mechanism protects in
+``meta.dp_inputs``. Inputs no stage produces: the resolved ``data.private_path`` is private;
+``data.public_path``, code under stages/ and dpinstruct/ and params.yaml are public; ANY OTHER raw input counts as
+private (fail safe: a new input is private until it is declared in params.yaml as the public set).
+
+Rules:
+  * on every edge (dependency D -> stage S): S private: anything; S public: D public; S dp: D dp
+    or public, except that a mechanism stage may read the private inputs in its dp_inputs;
+  * a dp_mechanism on a non-dp stage is an error, and so is one whose ledger entry
+    (metrics/privacy/<stage>.json, a dp output) is missing or not composed by the accountant (the
+    stage writing metrics/privacy.json, which must depend on every entry);
+  * every project path a stage's module refers to (its module-level constants and string
+    literals under data/, metrics/, plots/, dvclive/) is a declared dep or out of that stage
+    (or its own resume state, data/checkpoints/<stage>): code that opens an undeclared file would
+    escape both DVC and this check; and every project file the stage imports, transitively, is
+    covered by a dep (``dpinstruct.layout``), or `dvc repro` would not re-run it on a change;
+  * Parquet outputs present on disk carry their stage's class.
+By induction over the DAG no dp or public artifact then has a private ancestor except through a
+declared DP mechanism, whose cost the release's ledger composes.
+"""
+from __future__ import annotations
+
+import argparse
+import ast
+import importlib
+import json
+import os
+import re
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+RANK = {"public": 0, "dp": 1, "private": 2}  # how restrictive a class is
+ALLOWED = {"private": {"public", "dp", "private"}, "dp": {"public", "dp"}, "public": {"public"}}
+LEDGER = "metrics/privacy/{stage}.json"
+COMPOSED = "metrics/privacy.json"
+# A stage's own resume state: deliberately not a DVC output (see dvc.yaml), read only by its writer.
+RESUME = "data/checkpoints/{stage}"
+CODE = ("stages/", "dpinstruct/")  # project code: public inputs
+PROJECT_PATH = re.compile(r"^(data|metrics|plots|dvclive)/[\w./@-]+$")
+
+
+@dataclass
+class Artifact:
+    path: str
+    stage: str
+    privacy: str
+    md5: str | None
+    mechanisms: set = field(default_factory=set)  # DP mechanism stages upstream (inclusive)
+
+
+def _norm(path: str) -> str:
+    return os.path.normpath(path).replace(os.sep, "/")
+
+
+def _covers(a: str, b: str) -> bool:
+    return a == b or b.startswith(a + "/") or a.startswith(b + "/")
+
+
+def load_stages(root: Path) -> list:
+    from dvc.repo import Repo
+
+    with Repo(str(root)) as repo:
+        return list(repo.index.stages)
+
+
+def artifacts(stages) -> dict[str, Artifact]:
+    found = {}
+    for s in stages:
+        mechanism = s.meta.get("dp_mechanism")
+        dp_outputs = [_norm(p) for p in s.meta.get("dp_outputs", [])]
+        for o in s.outs:
+            path = _norm(o.def_path)
+            privacy = s.meta.get("privacy")
+            if mechanism and privacy == "dp" and not any(_covers(p, path) for p in dp_outputs):
+                privacy = "private"  # fail safe: only the listed outputs of a mechanism are dp
+            found[path] = Artifact(path, s.name, privacy, o.hash_info.value if o.hash_info else None)
+    return found
+
+
+def raw_class(path: str, data: dict) -> str:
+    if path == _norm(str(data.get("private_path", ""))):
+        return "private"
+    if path == _norm(str(data.get("public_path", ""))) or path.startswith(CODE) or path == "params.yaml":
+        return "public"
+    return "private"
+
+
+def check(root: Path | str = ".", stages=None) -> tuple[list[str], dict[str, Artifact]]:
+    """Violations (empty = the pipeline is sound) and every artifact with its class."""
+    from dvc.dependency.param import ParamsDependency
+
+    root = Path(root)
+    stages = stages if stages is not None else load_stages(root)
+    params = yaml.safe_load((root / "params.yaml").read_text()) if (root / "params.yaml").exists() else {}
+    data = params.get("data", {})
+    arts, problems = artifacts(stages), []
+    by_stage = {s.name: s for s in stages}
+    for s in _topological(stages, arts):
+        name, cls, mechanism = s.name, s.meta.get("privacy"), s.meta.get("dp_mechanism")
+        if cls not in RANK:
+            problems.append(f"stage {name}: meta.privacy must be private, dp or public, got {cls!r}")
+            continue
+        if mechanism and cls != "dp":
+            problems.append(f"stage {name}: declares dp_mechanism {mechanism!r} but its class is {cls!r}, not dp")
+        own = [a.path for a in arts.values() if a.stage == name]
+        for key in ("dp_outputs", "dp_inputs"):  # a typo here would silently change a class
+            if s.meta.get(key) and not mechanism:
+                problems.append(f"stage {name}: {key} is only meaningful on a dp_mechanism stage")
+        for p in s.meta.get("dp_outputs", []):
+            if not any(_covers(_norm(p), o) for o in own):
+                problems.append(f"stage {name}: dp_outputs entry {p!r} is not one of its outputs")
+        dp_inputs = [_norm(p) for p in s.meta.get("dp_inputs", [])]
+        upstream = {name} if mechanism else set()
+        declared = []
+        for d in s.deps:
+            if isinstance(d, ParamsDependency):
+                continue
+            dep = _norm(d.def_path)
+            declared.append(dep)
+            producers = [a for p, a in arts.items() if _covers(p, dep)]
+            dep_cls = max((a.privacy for a in producers), key=RANK.get) if producers else raw_class(dep, data)
+            for a in producers:
+                upstream |= a.mechanisms
+            through_mechanism = mechanism and cls == "dp" and dep in dp_inputs
+            if dep_cls not in ALLOWED[cls] and not through_mechanism:
+                via = f"output of {', '.join(sorted({a.stage for a in producers}))}" if producers else "raw input"
+                what = ("without listing it in meta.dp_inputs of its mechanism" if mechanism and cls == "dp" else
+                        "without being a declared DP mechanism stage")
+                problems.append(f"stage {name} (class {cls}) reads {dep} (class {dep_cls}, {via}) {what}")
+        for p in dp_inputs:
+            if p not in declared:
+                problems.append(f"stage {name}: dp_inputs entry {p!r} is not one of its deps")
+        for a in arts.values():
+            if a.stage == name:
+                a.mechanisms = set(upstream) if a.privacy == "dp" else set()
+        problems += _metadata_mismatches(root, by_stage[name], arts)
+    problems += _ledger_problems(stages, arts)
+    problems += _undeclared_files(root, stages)
+    return problems, arts
+
+
+def _ledger_problems(stages, arts) -> list[str]:
+    """Every mechanism writes a dp ledger entry and the accountant composes (depends on) it."""
+    out = []
+    accountants = [s for s in stages if any(_norm(o.def_path) == COMPOSED for o in s.outs)]
+    composed = {_norm(d.def_path) for s in accountants for d in s.deps}
+    for s in stages:
+        if not s.meta.get("dp_mechanism"):
+            continue
+        entry = LEDGER.format(stage=s.name.split("@")[0])
+        if entry not in arts or arts[entry].stage != s.name or arts[entry].privacy != "dp":
+            out.append(f"stage {s.name}: a dp_mechanism stage must write its ledger entry {entry} as a dp output")
+        elif entry not in composed:
+            out.append(f"stage {s.name}: its ledger entry {entry} is not a dep of the stage that writes {COMPOSED}, "
+                       "so the release's epsilon would not count it")
+    return out
+
+
+def referenced_paths(module) -> set[str]:
+    """Project paths a stage module refers to: its module-level constants (also those it imports,
+    nested in dicts and tuples) and the string literals in its source."""
+    found: set[str] = set()
+
+    def visit(value, depth=0):
+        if isinstance(value, (str, os.PathLike)) and PROJECT_PATH.match(_norm(str(value))):
+            found.add(_norm(str(value)))
+        elif isinstance(value, dict) and depth < 3:
+            for v in value.values():
+                visit(v, depth + 1)
+        elif isinstance(value, (list, tuple, set, frozenset)) and depth < 3:
+            for v in value:
+                visit(v, depth + 1)
+
+    for name, value in vars(module).items():
+        if not name.startswith("__"):
+            visit(value)
+    source = Path(module.__file__).read_text(encoding="utf-8")
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Constant) and isinstance(node.value, str):
+            visit(node.value)
+    return found
+
+
+def _undeclared_files(root: Path, stages) -> list[str]:
+    """Data paths a stage's code refers to that are neither deps nor outs of it, and project code it
+    imports (transitively) that no dep covers (foreach stages: of any of their instances, as they
+    share one module)."""
+    from dvc.dependency.param import ParamsDependency
+
+    from dpinstruct import layout
+
+    declared: dict[str, set[str]] = {}
+    modules: dict[str, str] = {}
+    for s in stages:
+        match = re.match(r"python -m (stages\.\w+)", s.cmd or "")
+        if not match:
+            continue
+        base = s.name.split("@")[0]
+        modules[base] = match.group(1)
+        paths = {_norm(d.def_path) for d in s.deps if not isinstance(d, ParamsDependency)}
+        declared.setdefault(base, set()).update(paths | {_norm(o.def_path) for o in s.outs})
+    out = []
+    for base, module_name in sorted(modules.items()):
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError as e:
+            out.append(f"stage {base}: cannot import {module_name} to check the files it opens ({e})")
+            continue
+        for path in sorted(referenced_paths(module)):
+            if not any(_covers(d, path) for d in declared[base] | {RESUME.format(stage=base)}):
+                out.append(f"stage {base}: its code refers to {path}, which is neither a dep nor an out in dvc.yaml")
+        module_file = Path(*module_name.split(".")).with_suffix(".py")
+        if (root / module_file).is_file():  # a copy of dvc.yaml elsewhere has no code to follow
+            for path in layout.undeclared_code(root, module_file, declared[base]):
+                out.append(f"stage {base}: its code imports {path}, which is not a dep in dvc.yaml "
+                           "(`dvc repro` would not re-run the stage when it changes)")
+    return out
+
+
+def _topological(stages, arts):
+    import networkx as nx
+
+    g = nx.DiGraph()
+    g.add_nodes_from(s.name for s in stages)
+    for s in stages:
+        for d in s.deps:
+            for a in arts.values():
+                if _covers(a.path, _norm(d.def_path)) and a.stage != s.name:
+                    g.add_edge(a.stage, s.name)
+    order = {name: i for i, name in enumerate(nx.topological_sort(g))}
+    return sorted(stages, key=lambda s: order[s.name])
+
+
+def _metadata_mismatches(root: Path, stage, arts) -> list[str]:
+    from dpinstruct.io.artifacts import read_metadata
+
+    out = []
+    for a in (a for a in arts.values() if a.stage == stage.name and a.path.endswith(".parquet")):
+        if (root / a.path).is_file():
+            found = read_metadata(root / a.path).get("privacy")
+            if found != a.privacy:
+                out.append(f"{a.path}: Parquet metadata says privacy {found!r}, stage {a.stage} declares {a.privacy!r}")
+    return out
+
+
+def _fmt(eps) -> str:
+    return f"{eps:.3f}" if isinstance(eps, (int, float)) else str(eps)  # non-private runs record "inf"
+
+
+def report(root: Path | str, stages, arts: dict[str, Artifact], *, publish: bool = False) -> str:
+    """The lineage report. ``publish`` (for a release bundle) withholds the md5 of private
+    artifacts: the hash of a small private file (a count, a metric) can be brute-forced."""
+    from dvc.dependency.param import ParamsDependency
+
+    root = Path(root)
+    ledger = json.loads((root / "metrics/privacy.json").read_text()) if (root / "metrics/privacy.json").exists() else {}
+    spent = {m: entry.get("epsilon") for m, entry in ledger.get("stages", {}).items()}
+    composed = set(spent)
+
+    def epsilon(a: Artifact) -> str:
+        if a.privacy != "dp":
+            return "n/a (private)" if a.privacy == "private" else "0 (public)"
+        if composed and a.mechanisms == composed:
+            return f"{_fmt(ledger['epsilon'])} composed ({' + '.join(sorted(composed))}), delta {ledger['delta']:g}"
+        return "; ".join(f"{m}: {_fmt(spent.get(m, '?'))}" for m in sorted(a.mechanisms)) or "0"
+
+    lines = ["# Lineage report", "", "Generated by `dpinstruct lineage --report` from dvc.yaml, dvc.lock and "
+             "metrics/privacy.json. Class rules: dpinstruct/privacy/lineage.py.", "",
+             "| artifact | stage | class | md5 (dvc.lock) | epsilon spent on the way |", "|---|---|---|---|---|"]
+    def md5(a: Artifact) -> str:
+        return "withheld (private)" if publish and a.privacy == "private" else f"`{a.md5 or 'not in dvc.lock'}`"
+
+    lines += [f"| `{a.path}` | {a.stage} | {a.privacy} | {md5(a)} | {epsilon(a)} |" for a in arts.values()]
+    lines += ["", "## Stage parameters (values from dvc.lock)", ""]
+    for s in stages:
+        values = {}
+        for d in (d for d in s.deps if isinstance(d, ParamsDependency)):
+            values.update((d.hash_info.value if d.hash_info else None) or {k: "?" for k in d.params})
+        mech = f", DP mechanism `{s.meta['dp_mechanism']}`" if s.meta.get("dp_mechanism") else ""
+        lines.append(f"- **{s.name}** (class {s.meta.get('privacy')}{mech}): "
+                     f"`{json.dumps(values, sort_keys=True, default=str)}`")
+    return "\n".join(lines) + "\n"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--root", default=".", help="project root (default: current directory)")
+    parser.add_argument("--report", help="also write the Markdown lineage report to this path")
+
+
+def run(args: argparse.Namespace) -> int:
+    """`dpinstruct lineage`: 0 when the pipeline is sound, 1 with every violation printed."""
+    stages = load_stages(Path(args.root))
+    problems, arts = check(args.root, stages)
+    for p in problems:
+        print(f"LINEAGE VIOLATION: {p}", file=sys.stderr)
+    if problems:
+        print(f"lineage check failed: {len(problems)} violation(s); no report written", file=sys.stderr)
+        return 1
+    print(f"lineage check passed: {len(stages)} stages, {len(arts)} artifacts")
+    if args.report:
+        Path(args.report).write_text(report(args.root, stages, arts))
+        print(f"lineage report written to {args.report}")
+    return 0

@@ -1,0 +1,1 @@
+"""Instruction text: cleaning, filters and dedup, splits, parsing of generated samples, statistics."""

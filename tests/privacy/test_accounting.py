@@ -1,0 +1,145 @@
+"""Accounting and budget calibration, checked against independent dp_accounting / opacus calls."""
+from __future__ import annotations
+
+import json
+import math
+
+import dp_accounting
+import pytest
+from dp_accounting.pld import pld_privacy_accountant
+from dp_accounting.rdp import rdp_privacy_accountant
+
+from dpinstruct.io.errors import PrivacyConfigError
+from dpinstruct.privacy import accounting as acct
+from dpinstruct.privacy import ledger
+
+PRIVACY = {"epsilon": 6.0, "delta": 1e-5}
+HIST = {"sigma": 10.0}
+
+
+def test_dp_sgd_event_matches_a_hand_built_event_and_rdp_bounds_it():
+    q, sigma, steps, delta = 0.02, 0.9, 200, 1e-6
+    event = acct.dp_sgd_event(sigma, q, steps)
+    manual = dp_accounting.SelfComposedDpEvent(
+        dp_accounting.PoissonSampledDpEvent(q, dp_accounting.GaussianDpEvent(sigma)), steps)
+    assert event == manual
+    pld = acct.epsilon_pld([event], delta)
+    rdp = rdp_privacy_accountant.RdpAccountant().compose(manual).get_epsilon(delta)
+    prv = acct.epsilon_prv([(sigma, q, steps)], delta)
+    assert pld < rdp  # PLD is tighter than RDP...
+    assert abs(pld - prv) < 0.05  # ...and agrees with an independent accountant
+
+
+def test_gaussian_histogram_matches_the_analytic_gaussian_mechanism():
+    # Balle & Wang's exact epsilon for one Gaussian mechanism, computed independently of PLD.
+    sigma, delta = 10.0, 1e-5
+    exact = dp_accounting.get_epsilon_gaussian(sigma, delta)
+    assert acct.epsilon_pld([acct.histogram_event(sigma)], delta) == pytest.approx(exact, abs=1e-3)
+
+
+def independent_epsilons(sigma, q, steps, hist, delta):
+    """The composition computed without anything from dpinstruct: dp_accounting's PLD and opacus' PRV."""
+    from opacus.accountants import PRVAccountant
+
+    pld = pld_privacy_accountant.PLDAccountant(value_discretization_interval=1e-4)
+    pld.compose(dp_accounting.SelfComposedDpEvent(
+        dp_accounting.PoissonSampledDpEvent(q, dp_accounting.GaussianDpEvent(sigma)), steps))
+    pld.compose(dp_accounting.GaussianDpEvent(hist))
+    prv = PRVAccountant()
+    prv.history = [(sigma, q, steps), (hist, 1.0, 1)]
+    return pld.get_epsilon(delta), prv.get_epsilon(delta=delta, eps_error=0.01)
+
+
+@pytest.mark.parametrize("target", [1.0, 3.0, 6.0])
+def test_calibration_meets_the_composed_target_by_both_accountants(target):
+    q, steps, delta, hist = 0.0334, 15, 1e-5, 10.0
+    sigma, pld, prv = acct.calibrate_noise_multiplier(target, delta, q, steps, hist)
+    # inverse check, computed independently of calibrate: sigma -> epsilon <= target, tightly
+    again_pld, again_prv = independent_epsilons(sigma, q, steps, hist, delta)
+    assert again_pld == pytest.approx(pld) and again_prv == pytest.approx(prv)
+    assert again_pld <= target and again_prv <= target
+    assert target - 0.05 <= max(again_pld, again_prv)
+    # and a little less noise would exceed the target
+    assert max(independent_epsilons(sigma * 0.98, q, steps, hist, delta)) > target
+
+
+def test_paper_setting_gives_noise_multiplier_near_0_8():
+    # N=180,000, expected batch 4,096 (q = 4096 / 180000), 10 epochs (T=439), delta 5e-7, histogram sigma 10
+    plan = acct.plan_generator({"epsilon": 5.94, "delta": 5e-7}, HIST, n_records=180_000, sampling_rate=4096 / 180_000,
+                               epochs=10, clip_norm=0.5, expected_batch_size=4096)
+    assert plan.steps == 439
+    assert plan.noise_multiplier == pytest.approx(0.8, abs=0.03)
+    assert 5.89 <= plan.composed_epsilon <= 5.94 and plan.composed_epsilon_prv <= 5.94
+
+
+def test_the_plan_does_not_depend_on_n():
+    # q, T and sigma are params: two datasets of different sizes publish identical plans
+    plans = [acct.plan_generator(PRIVACY, HIST, n_records=n, sampling_rate=0.05, epochs=1.0, clip_norm=0.5,
+                                 expected_batch_size=100) for n in (2000, 2001, 50_000)]
+    assert plans[0] == plans[1] == plans[2]
+
+
+def plan(privacy, hist, n=10000, q=0.01, batch=100.0):
+    return acct.plan_generator(privacy, hist, n_records=n, sampling_rate=q, epochs=1.0, clip_norm=0.5,
+                               expected_batch_size=batch)
+
+
+@pytest.mark.parametrize("privacy, hist, n, q, batch, message", [
+    ({"epsilon": 6.0, "delta": 1e-3}, HIST, 1000, 0.1, 100, r"delta=0.001 must be in \(0, 1/N\)"),
+    ({"epsilon": 6.0, "delta": 1e-4}, HIST, 10000, 0.01, 100, r"must be in \(0, 1/N\)"),  # delta == 1/N
+    ({"epsilon": 0.02, "delta": 1e-6}, {"sigma": 1.0}, 10000, 0.01, 100, r"histogram alone .* spends epsilon"),
+    ({"delta": 1e-6}, HIST, 10000, 0.01, 100, r"must set privacy.epsilon"),
+    ({"epsilon": 6.0}, HIST, 10000, 0.01, 100, r"must set privacy.delta"),
+    ({"epsilon": 6.0, "delta": 1e-6}, {}, 10000, 0.01, 100, r"must set histogram.sigma"),
+    (None, HIST, 10000, 0.01, 100, r"must set privacy.epsilon"),
+    ({"epsilon": 6.0, "delta": 1e-6}, HIST, 50, 1.5, 100, r"sampling_rate=1.5 must be in \(0, 1\]"),
+    ({"epsilon": 6.0, "delta": 1e-6}, HIST, 50, 0.0, 100, r"sampling_rate=0.0 must be in"),
+    ({"epsilon": 6.0, "delta": 1e-6}, HIST, 50, 0.1, 0, r"expected_batch_size=0 must be > 0"),
+    ({"epsilon": 6.0, "delta": 1e-6}, {"sigma": 0}, 10000, 0.01, 100, r"histogram.sigma must be > 0"),
+    ({"epsilon": -1, "delta": 1e-6}, HIST, 10000, 0.01, 100, r"must be positive"),
+])
+def test_unsafe_configurations_are_refused(privacy, hist, n, q, batch, message):
+    with pytest.raises(PrivacyConfigError, match=message):
+        plan(privacy, hist, n, q, batch)
+
+
+def test_non_private_plan_and_int_epsilon_from_dvc_exp():
+    p = plan({"epsilon": ".inf", "delta": 1e-5}, HIST, n=1000, q=0.1)
+    assert not p.private and p.noise_multiplier == 0 and math.isinf(p.clip_norm)
+    assert math.isinf(p.composed_epsilon)
+    # `dvc exp run -S privacy.epsilon=8` writes the int 8
+    p = plan({"epsilon": 8, "delta": 1e-4}, HIST, n=1000, q=0.1)
+    assert p.private and p.composed_epsilon <= 8 and p.composed_epsilon_prv <= 8
+
+
+def test_round_up_never_understates():
+    assert acct.round_up(5.9999999991) == 6.0 and acct.round_up(6.0) == 6.0
+    assert acct.round_up(1.0000000001) == 1.000000001 and math.isinf(acct.round_up(math.inf))
+
+
+def test_ledger_entry_round_trips_its_event_and_is_strict_json():
+    event = acct.dp_sgd_event(0.7, 0.05, 40)
+    entry = ledger.make_entry(stage="s", mechanism="poisson_subsampled_gaussian", noise_multiplier=0.7,
+                              sampling_rate=0.05, steps=40, sensitivity=0.5, delta=1e-5, event=event)
+    text = json.dumps(entry, allow_nan=False)
+    back = json.loads(text)
+    assert ledger.event_from_json(back["dp_event"]) == event
+    assert back["epsilon"] == pytest.approx(
+        dp_accounting.pld.PLDAccountant().compose(event).get_epsilon(1e-5), rel=1e-6)
+    assert "n_records" not in back and back["dataset_size"].startswith("not published")
+    assert back["noise_std"] == pytest.approx(0.35)
+    nonprivate = ledger.make_entry(stage="s", mechanism="poisson_subsampled_gaussian", noise_multiplier=0.0,
+                                   sampling_rate=0.05, steps=40, sensitivity=math.inf, delta=1e-5,
+                                   event=acct.dp_sgd_event(0.0, 0.05, 40))
+    assert json.loads(json.dumps(nonprivate, allow_nan=False))["epsilon"] == "inf"
+    assert nonprivate["private"] is False
+
+
+def test_running_epsilon_equals_recomposition_from_scratch():
+    sigma, q, delta = 0.8, 0.05, 1e-5
+    running = acct.RunningEpsilon(sigma, q, delta, steps_done=3)
+    eps = [running.step() for _ in range(3)]
+    for t, e in zip((4, 5, 6), eps):
+        assert e == pytest.approx(acct.epsilon_pld([acct.dp_sgd_event(sigma, q, t)], delta), rel=1e-6)
+    assert eps[0] < eps[1] < eps[2]
+    assert math.isinf(acct.RunningEpsilon(0.0, q, delta).step())

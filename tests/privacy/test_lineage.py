@@ -1,0 +1,166 @@
+"""The lineage check on the real dvc.yaml and on deliberately mis-wired copies of it."""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pyarrow as pa
+import pytest
+import yaml
+
+from dpinstruct import cli
+from dpinstruct.io.artifacts import table_metadata, write_parquet
+from dpinstruct.privacy import lineage
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_shipped_pipeline_passes_and_classes_are_as_designed():
+    problems, arts = lineage.check(REPO)
+    assert problems == []
+    assert arts["data/release/instructions.parquet"].privacy == "dp"
+    assert arts["data/release/instructions.parquet"].mechanisms == {"train_generator", "histogram"}
+    assert arts["data/generated/pool.parquet"].mechanisms == {"train_generator"}
+    assert arts["data/embeddings/train.parquet"].privacy == "private"
+    assert arts["data/prepared/public.parquet"].privacy == "public"
+    # un-noised training curves stay private: only a mechanism's listed dp_outputs are dp
+    assert arts["dvclive/train_generator/metrics.json"].privacy == "private"
+    assert arts["data/adapters/generator"].privacy == "dp"
+    assert arts["metrics/privacy/train_generator.json"].privacy == "dp"
+    assert arts["metrics/eval.json"].privacy == "private"
+
+
+@pytest.fixture
+def fixture_project(tmp_path):
+    """A copy of the pipeline definition in a scratch DVC project (no data, no git)."""
+    from dvc.repo import Repo
+
+    for name in ("dvc.yaml", "params.yaml"):
+        shutil.copy(REPO / name, tmp_path / name)
+    Repo.init(str(tmp_path), no_scm=True).close()
+
+    def edit(fn):
+        spec = yaml.safe_load((tmp_path / "dvc.yaml").read_text())
+        fn(spec["stages"])
+        (tmp_path / "dvc.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
+        return tmp_path
+
+    return edit
+
+
+def _add_dep(stage, path):
+    return lambda s: s[stage]["deps"].append(path)
+
+
+MISWIRED = {
+    # resampling straight from private embeddings bypasses the DP histogram
+    "release_reads_private_embeddings": (_add_dep("resample", "data/embeddings/train.parquet"),
+                                         "stage resample (class dp) reads data/embeddings/train.parquet (class private"),
+    # the generator's pool must be post-processing of the adapter only
+    "generate_reads_private_split": (_add_dep("generate", "data/prepared/train.parquet"),
+                                     "stage generate (class dp) reads data/prepared/train.parquet"),
+    # relabelling a private embedding as dp does not launder it: the edge into it fails
+    "private_embeddings_relabelled_dp": (lambda s: s["embed"]["foreach"]["train"].update(privacy="dp"),
+                                         "stage embed@train (class dp) reads data/prepared/train.parquet"),
+    "public_stage_reads_private_file": (_add_dep("prepare_public", "${data.private_path}"),
+                                        "stage prepare_public (class public) reads data/raw/chatbot_arena"),
+    "histogram_without_mechanism": (lambda s: s["histogram"]["meta"].pop("dp_mechanism"),
+                                    "stage histogram (class dp) reads data/embeddings/train.parquet"),
+    "mechanism_on_a_private_stage": (lambda s: s["prepare"]["meta"].update(dp_mechanism="gaussian"),
+                                     "stage prepare: declares dp_mechanism 'gaussian' but its class is 'private'"),
+    "undeclared_raw_input_counts_as_private": (_add_dep("cluster", "data/raw/extra.jsonl"),
+                                               "reads data/raw/extra.jsonl (class private, raw input)"),
+    "evaluation_relabelled_dp": (lambda s: s["evaluate"]["meta"].update(privacy="dp"),
+                                 "stage evaluate (class dp) reads data/prepared/test.parquet"),
+    "reading_a_private_output_of_a_dp_stage": (_add_dep("account", "dvclive/train_generator/metrics.json"),
+                                               "reads dvclive/train_generator/metrics.json (class private"),
+    "missing_class": (lambda s: s["cluster"]["meta"].pop("privacy"), "stage cluster: meta.privacy must be"),
+    "dp_outputs_typo": (lambda s: s["train_generator"]["meta"].update(dp_outputs=["data/adapters/generatr"]),
+                        "stage train_generator: dp_outputs entry 'data/adapters/generatr' is not one of its"),
+    # issue 11, hole 1: a mechanism whose ledger entry is missing, or not composed by `account`
+    "mechanism_without_ledger_entry": (
+        lambda s: s["histogram"]["outs"].remove({"metrics/privacy/histogram.json": {"cache": False}}),
+        "stage histogram: a dp_mechanism stage must write its ledger entry metrics/privacy/histogram.json"),
+    "ledger_entry_not_composed": (
+        lambda s: s["account"]["deps"].remove("metrics/privacy/histogram.json"),
+        "its ledger entry metrics/privacy/histogram.json is not a dep of the stage that writes metrics/privacy.json"),
+    "ledger_entry_not_a_dp_output": (
+        lambda s: s["histogram"]["meta"]["dp_outputs"].remove("metrics/privacy/histogram.json"),
+        "stage histogram: a dp_mechanism stage must write its ledger entry"),
+    # hole 2: a mechanism stage reading a private file its mechanism does not protect
+    "mechanism_reads_an_extra_private_file": (
+        _add_dep("histogram", "data/prepared/test.parquet"),
+        "stage histogram (class dp) reads data/prepared/test.parquet (class private, output of prepare) without "
+        "listing it in meta.dp_inputs"),
+    "dp_inputs_typo": (lambda s: s["histogram"]["meta"].update(dp_inputs=["data/embeddings/trian.parquet"]),
+                       "stage histogram: dp_inputs entry 'data/embeddings/trian.parquet' is not one of its deps"),
+    # hole 3: code that refers to a file dvc.yaml does not declare for its stage
+    "code_reads_an_undeclared_file": (
+        lambda s: s["histogram"]["deps"].remove("data/clusters/buckets.parquet"),
+        "stage histogram: its code refers to data/clusters/buckets.parquet, which is neither a dep nor an out"),
+    "code_writes_an_undeclared_file": (
+        lambda s: s["resample"]["metrics"].clear(),
+        "stage resample: its code refers to metrics/resample.json, which is neither a dep nor an out"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(MISWIRED))
+def test_miswired_pipeline_is_caught(fixture_project, case):
+    mutate, message = MISWIRED[case]
+    root = fixture_project(mutate)
+    problems, _ = lineage.check(root)
+    assert any(message in p for p in problems), problems
+
+
+def test_parquet_metadata_must_carry_the_stage_class(fixture_project):
+    root = fixture_project(lambda s: None)
+    assert lineage.check(root)[0] == []
+    path = root / "data/release/instructions.parquet"
+    path.parent.mkdir(parents=True)
+    table = pa.table({"id": ["a"]})
+    write_parquet(table, path, table.schema, table_metadata("resample", "x", "private"))
+    problems, _ = lineage.check(root)
+    assert problems == ["data/release/instructions.parquet: Parquet metadata says privacy 'private', "
+                        "stage resample declares 'dp'"]
+
+
+def test_command_fails_without_report_on_violation(fixture_project, capsys):
+    root = fixture_project(_add_dep("resample", "data/embeddings/train.parquet"))
+    out = root / "lineage.md"
+    assert cli.main(["lineage", "--root", str(root), "--report", str(out)]) == 1
+    assert "LINEAGE VIOLATION" in capsys.readouterr().err and not out.exists()
+
+
+def test_report_lists_every_artifact_with_hash_class_and_epsilon(tmp_path):
+    out = tmp_path / "lineage.md"
+    assert cli.main(["lineage", "--root", str(REPO), "--report", str(out)]) == 0
+    text = out.read_text()
+    lock = yaml.safe_load((REPO / "dvc.lock").read_text())["stages"]
+    release_md5 = next(o["md5"] for o in lock["resample"]["outs"] if o["path"] == "data/release/instructions.parquet")
+    row = next(line for line in text.splitlines() if "`data/release/instructions.parquet`" in line)
+    assert release_md5 in row and "| resample | dp |" in row
+    composed = json.loads((REPO / "metrics/privacy.json").read_text())["epsilon"]
+    assert f"{composed:.3f} composed (histogram + train_generator)" in row
+    _, arts = lineage.check(REPO)
+    assert all(f"`{path}`" in text for path in arts)
+    assert "- **train_generator** (class dp, DP mechanism `poisson_subsampled_gaussian`)" in text
+
+
+def test_referenced_paths_sees_constants_imports_and_literals():
+    from stages import evaluate, histogram
+
+    found = lineage.referenced_paths(histogram)
+    assert {"data/embeddings/train.parquet", "data/clusters/buckets.parquet", "metrics/histogram.json"} <= found
+    # evaluate keeps its inputs in a dict of tuples
+    assert {"data/prepared/test.parquet", "data/embeddings/pool.parquet"} <= lineage.referenced_paths(evaluate)
+
+
+def test_publishable_report_withholds_private_hashes(tmp_path):
+    stages = lineage.load_stages(REPO)
+    _, arts = lineage.check(REPO, stages)
+    text = lineage.report(REPO, stages, arts, publish=True)
+    row = next(line for line in text.splitlines() if "`metrics/prepare.json`" in line)
+    assert "withheld (private)" in row and arts["metrics/prepare.json"].md5 not in text
+    release = next(line for line in text.splitlines() if "`data/release/instructions.parquet`" in line)
+    assert arts["data/release/instructions.parquet"].md5 in release

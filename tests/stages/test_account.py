@@ -1,0 +1,91 @@
+"""`account` composes the ledger exactly as independent dp_accounting calls do, and refuses a
+release over budget, a missing or stale entry."""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import dp_accounting
+import pytest
+from dp_accounting.pld import pld_privacy_accountant
+
+from dpinstruct.io.artifacts import Outputs
+from dpinstruct.io.errors import PrivacyConfigError
+from dpinstruct.privacy import accounting as acct
+from dpinstruct.privacy import ledger
+from stages import account
+
+Q, T, SIGMA, HIST, DELTA = 0.0334, 15, 0.56, 10.0, 1e-5
+
+
+def write_ledger(sigma=SIGMA, hist=HIST, delta=DELTA, stages=("train_generator", "histogram")):
+    Path("metrics/privacy").mkdir(parents=True, exist_ok=True)
+    entries = {
+        "train_generator": ledger.make_entry(stage="train_generator", mechanism="poisson_subsampled_gaussian",
+                                             noise_multiplier=sigma, sampling_rate=Q, steps=T, sensitivity=0.5,
+                                             delta=delta, event=acct.dp_sgd_event(sigma, Q, T)),
+        "histogram": ledger.make_entry(stage="histogram", mechanism="gaussian", noise_multiplier=hist, sampling_rate=1.0,
+                                       steps=1, sensitivity=1.0, delta=delta, event=acct.histogram_event(hist)),
+    }
+    for name in stages:
+        Path(ledger.entry_path(name)).write_text(json.dumps(entries[name]))
+
+
+def run(epsilon=6.0, delta=DELTA):
+    with Outputs() as out:
+        return account.account({"privacy": {"epsilon": epsilon, "delta": delta}}, out)
+
+
+def test_account_equals_independent_dp_accounting(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    write_ledger()
+    result = run()
+    independent = pld_privacy_accountant.PLDAccountant(value_discretization_interval=1e-4)
+    independent.compose(dp_accounting.ComposedDpEvent([
+        dp_accounting.SelfComposedDpEvent(dp_accounting.PoissonSampledDpEvent(Q, dp_accounting.GaussianDpEvent(SIGMA)), T),
+        dp_accounting.GaussianDpEvent(HIST)]))
+    assert 0 <= result["epsilon"] - independent.get_epsilon(DELTA) <= 1e-9  # rounded up, never down
+    assert abs(result["epsilon"] - result["epsilon_prv"]) < 0.05
+    # composing costs more than either part alone, and less than their sum (PLD is tighter than basic composition)
+    parts = result["stages"]
+    assert max(parts["train_generator"]["epsilon"], parts["histogram"]["epsilon"]) < result["epsilon"]
+    assert result["epsilon"] < parts["train_generator"]["epsilon"] + parts["histogram"]["epsilon"]
+    saved = json.loads(Path(account.OUT).read_text())
+    assert saved == json.loads(json.dumps(result))
+    for key in ("epsilon", "delta", "accountant", "epsilon_prv", "stages", "within_budget"):
+        assert key in saved
+
+
+def test_over_budget_is_refused_and_nothing_written(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    write_ledger(sigma=0.4)
+    with pytest.raises(PrivacyConfigError, match="exceeds privacy.epsilon"):
+        run(epsilon=6.0)
+    assert not Path(account.OUT).exists()
+
+
+def test_prv_over_budget_is_refused_even_when_pld_fits(tmp_path, monkeypatch):
+    # sigma 0.556: PLD 5.996 but opacus' PRV upper bound 6.007 for a target of 6
+    monkeypatch.chdir(tmp_path)
+    write_ledger(sigma=0.556)
+    with pytest.raises(PrivacyConfigError, match=r"\(PRV 6\.0\d+\) exceeds privacy.epsilon 6.0"):
+        run(epsilon=6.0)
+    assert not Path(account.OUT).exists()
+
+
+def test_missing_and_stale_entries_are_refused(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    write_ledger(stages=("train_generator",))
+    with pytest.raises(PrivacyConfigError, match="expected ledger entries"):
+        run()
+    write_ledger(delta=1e-6)
+    with pytest.raises(PrivacyConfigError, match="another delta"):
+        run()
+
+
+def test_non_private_release(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    write_ledger(sigma=0.0, hist=0.0)
+    result = run(epsilon=math.inf)
+    assert result["epsilon"] == "inf" and result["private"] is False and result["within_budget"] is True

@@ -1,0 +1,102 @@
+"""Algorithm 2 end to end on real shipped data with the real embedder: embed -> cluster ->
+histogram -> resample -> account -> evaluate, with a stand-in pool (shipped public FLAN instructions; the
+stages accept any instruction table) so that the test does not need a trained generator."""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pytest
+
+from dpinstruct.embeddings import embedding_io
+from dpinstruct.io.artifacts import Outputs, read_metadata, table_metadata, write_parquet
+from dpinstruct.io.errors import InputError
+from dpinstruct.privacy import accounting as acct
+from dpinstruct.privacy import ledger
+from stages import account, cluster, embed, evaluate, histogram, prepare, prepare_public, resample, train_generator
+
+
+def step(fn, *args):
+    with Outputs() as out:
+        return fn(*args, out)
+
+
+def test_release_from_real_data(project, embedder_dir):
+    os.symlink(embedder_dir, "data/models/embedder")
+    p = project.params
+    p["prepare"].update(train_size=200, val_size=20, test_size=60)
+    p["prepare_public"].update(size=300)
+    p["evaluate"].update(sample_size=50, repeats=2, nredo=1)
+    p["cluster"].update(k=6, niter=20, nredo=1)
+    p["privacy"].update(epsilon=6.0, delta=1e-3)
+    project.save()
+    step(prepare.prepare, p)
+    step(prepare_public.prepare_public, p)
+    public = pa.Table.from_pandas(pd.read_parquet("data/prepared/public.parquet")[["id", "instruction"]])
+    Path("data/generated").mkdir(parents=True)
+    write_parquet(public, "data/generated/pool.parquet", public.schema, table_metadata("stand-in", "x", "dp"))
+    for name in ("pool", "train", "test", "public"):
+        step(lambda params, out, n=name: embed.embed(n, params, out), p)
+    step(cluster.cluster, p)
+    plan = train_generator.plan(p, 200)  # the generator's ledger entry as the stage would write it
+    entry = ledger.make_entry(stage="train_generator", mechanism="poisson_subsampled_gaussian",
+                              noise_multiplier=plan.noise_multiplier, sampling_rate=plan.sampling_rate, steps=plan.steps,
+                              sensitivity=plan.clip_norm, delta=plan.delta,
+                              event=acct.dp_sgd_event(plan.noise_multiplier, plan.sampling_rate, plan.steps))
+    Path("metrics/privacy").mkdir(parents=True, exist_ok=True)
+    Path(ledger.entry_path("train_generator")).write_text(json.dumps(entry))
+    step(histogram.histogram, p)
+    metrics = step(resample.resample, p)
+    result = step(account.account, p)
+
+    release = pd.read_parquet(resample.RELEASE)
+    assert 0 < len(release) <= 300 and release.id.is_unique
+    assert set(release.id) <= set(public.column("id").to_pylist())
+    assert read_metadata(resample.RELEASE)["privacy"] == "dp"
+    assert metrics["released"] == len(release) and metrics["clusters"] == 6
+    # The plan calibrated the generator for the composed budget: account confirms it.
+    assert result["epsilon"] <= 6.0 and result["epsilon_prv"] <= 6.0
+    assert abs(result["epsilon"] - plan.composed_epsilon) < 0.02
+    assert read_metadata("data/embeddings/train.parquet")["privacy"] == "private"
+    for report in ("cluster/pool_assignments", "histogram/noisy_histogram", "resample/instructions"):
+        assert json.loads(Path(f"metrics/quality/{report}.json").read_text())["success"]
+
+    # evaluate: every set against the real test split, with the documented keys
+    scores = step(evaluate.evaluate, p)
+    saved = json.loads(Path(evaluate.METRICS).read_text())
+    assert saved == json.loads(json.dumps(scores))
+    assert set(saved) == {"reference", "mauve", "length_words", "distinct", "distinct_sample", "clusters"}
+    sets = {"train", "public", "pool", "release"}
+    assert set(saved["mauve"]) == sets
+    assert set(saved["length_words"]) == set(saved["distinct"]) == sets | {"test"}
+    assert set(saved["clusters"]) == sets | {"test", "dp_histogram"}
+    for s in sets:
+        assert set(saved["mauve"][s]) == {"mauve", "mauve_std", "per_draw", "num_buckets", "n_p", "n_q", "undersized"}
+        assert 0 <= saved["mauve"][s]["mauve"] <= 1 and len(saved["mauve"][s]["per_draw"]) == 2
+        assert (saved["mauve"][s]["n_p"], saved["mauve"][s]["num_buckets"]) == (50, 5)  # equal terms for every set
+    assert set(saved["distinct"]["pool"]) == {"distinct_1", "distinct_2", "distinct_3"}
+    assert set(saved["clusters"]["pool"]) == {"covered", "k", "tv_to_test"} and saved["clusters"]["test"]["tv_to_test"] == 0
+    # real train is the same distribution as test; the stand-in pool is FLAN, out of domain
+    assert saved["mauve"]["train"]["mauve"] > 0.8 > 0.3 > saved["mauve"]["pool"]["mauve"]
+    assert saved["reference"] == {"set": "test", "rows": 60, "mauve_sample": 50}
+    shares = pd.read_csv(evaluate.CLUSTER_PLOT)
+    assert list(shares.columns) == ["cluster", "test", "pool", "release", "dp_histogram"] and len(shares) == 6
+    assert shares[["test", "pool", "release", "dp_histogram"]].sum().round(3).eq(1).all()
+    lengths = pd.read_csv(evaluate.LENGTH_PLOT)
+    assert list(lengths.columns) == ["words", "test", "train", "public", "pool", "release"]
+
+
+def test_evaluate_refuses_a_release_row_without_embedding(project, embedder_dir):
+    Path("data/embeddings").mkdir(parents=True)
+    Path("data/release").mkdir(parents=True)
+    vectors = pa.table({"id": ["a"], "instruction": ["x"]})
+    write_parquet(vectors, "data/release/instructions.parquet", vectors.schema, table_metadata("resample", "x", "dp"))
+    emb = embedding_io.to_table(["b"], np.ones((1, 4), dtype=np.float32))
+    write_parquet(emb, "data/embeddings/pool.parquet", emb.schema, table_metadata("embed", "x", "dp"))
+    with pytest.raises(InputError, match=r"data/embeddings/pool.parquet.*no embedding for 1 rows of "
+                                         r"data/release/instructions.parquet \(first id 'a'\)"):
+        evaluate.load("data/release/instructions.parquet", "data/embeddings/pool.parquet")

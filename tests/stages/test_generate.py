@@ -1,0 +1,179 @@
+"""The generate stage end to end, with a really (DP-)trained adapter, in a project holding NO
+private data: determinism, resume after a kill, the adapter being applied, the pool's contract."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+import torch
+import yaml
+
+from dpinstruct.io.artifacts import Outputs, read_metadata
+from dpinstruct.models import sampler
+from dpinstruct.models.lora import merged_model
+from stages import generate as stage
+from stages import prepare, train_generator
+
+REPO = Path(__file__).resolve().parents[2]
+SMALL = {"n": 20, "batch_size": 8, "max_new_tokens": 16, "drop_truncated": False}
+
+
+@pytest.fixture(scope="module")
+def trained_adapter(tmp_path_factory, generator_dir, repo_params) -> Path:
+    """A DP adapter trained for 3 steps on 24 shipped private rows (the real train_generator)."""
+    return train_adapter(tmp_path_factory, generator_dir, repo_params)
+
+
+def train_adapter(tmp_path_factory, generator_dir, repo_params) -> Path:
+    root = tmp_path_factory.mktemp("train")
+    (root / "data/models").mkdir(parents=True)
+    (root / "data/raw").symlink_to(REPO / "data/raw")
+    (root / "data/models/generator").symlink_to(generator_dir)
+    params = yaml.safe_load(yaml.safe_dump(repo_params))
+    params["prepare"].update(train_size=24, val_size=10, test_size=10)
+    params["privacy"].update(epsilon=6.0, delta=1e-3)
+    params["train_generator"].update(sampling_rate=1 / 3, expected_batch_size=8, epochs=1.0, checkpoint_every=10, micro_batch_tokens=256)
+    cwd = os.getcwd()
+    os.chdir(root)
+    try:
+        with Outputs() as out:
+            prepare.prepare(params, out)
+        with Outputs() as out:
+            train_generator.train(params, out)
+    finally:
+        os.chdir(cwd)
+    return root / train_generator.ADAPTER_DIR
+
+
+@pytest.fixture
+def release(tmp_path, monkeypatch, generator_dir, trained_adapter, repo_params):
+    """A project with the base model, the adapter and params only: no data/raw, no data/prepared."""
+    (tmp_path / "data/models").mkdir(parents=True)
+    (tmp_path / "data/models/generator").symlink_to(generator_dir)
+    shutil.copytree(trained_adapter, tmp_path / stage.ADAPTER_DIR)
+    monkeypatch.chdir(tmp_path)
+    params = yaml.safe_load(yaml.safe_dump(repo_params))
+    params["generate"].update(SMALL)
+    return params
+
+
+def run(params) -> dict:
+    with Outputs() as out:
+        return stage.generate(params, out)
+
+
+def pool_digest() -> str:
+    return hashlib.sha256(stage.POOL.read_bytes()).hexdigest()
+
+
+def test_pool_contract_without_private_data(release):
+    assert not Path("data/raw").exists() and not Path("data/prepared").exists()
+    counts = run(release)
+    table = pq.read_table(stage.POOL)
+    assert table.schema.names == ["id", "instruction", "n_tokens", "seed", "chunk"]
+    assert read_metadata(stage.POOL)["privacy"] == "dp"
+    df = table.to_pandas()
+    assert len(df) == counts["kept"] > 0 and df.instruction.is_unique and df.id.is_unique
+    assert counts["sampled"] == 20 and set(df.chunk) <= {0, 1, 2}  # 20 samples in chunks of 8
+    assert (df.seed == df.chunk.map(lambda c: stage.chunk_seed(0, c))).all()
+    assert sum(counts[k] for k in ("kept", "truncated", "empty", "too_short", "degenerate", "exact_duplicate")) == 20
+    assert (df.n_tokens.between(1, 16)).all() and all(s.strip() == s and s for s in df.instruction)
+    assert json.loads(Path(stage.METRICS).read_text()) == counts
+    assert json.loads(Path("metrics/quality/generate/pool.json").read_text())["success"]
+
+
+def test_dvc_stage_reads_no_private_data():
+    deps = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]["generate"]["deps"]
+    assert not [d for d in deps if d.startswith(("data/prepared", "data/raw", "${data"))]
+
+
+def test_deterministic_and_seeded(release):
+    run(release)
+    first = pool_digest()
+    shutil.rmtree(stage.CHUNK_DIR)
+    run(release)
+    assert pool_digest() == first
+    release["generate"]["seed"] = 1
+    run(release)
+    assert pool_digest() != first
+
+
+def test_resume_after_a_killed_chunk_gives_the_same_pool(release, monkeypatch):
+    run(release)
+    uninterrupted = pool_digest()
+    shutil.rmtree(stage.CHUNK_DIR)
+    stage.POOL.unlink()
+    real, calls = sampler.sample, []
+
+    def dying(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt("killed in chunk 1")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(sampler, "sample", dying)
+    with pytest.raises(KeyboardInterrupt):
+        run(release)
+    assert not stage.POOL.exists() and len(list(stage.CHUNK_DIR.glob("*.parquet"))) == 1
+    calls.clear()
+    monkeypatch.setattr(sampler, "sample", lambda *a, **k: (calls.append(1), real(*a, **k))[1])
+    run(release)
+    assert len(calls) == 2  # chunks 1 and 2 only: chunk 0 came from disk
+    assert pool_digest() == uninterrupted
+
+
+def test_the_trained_adapter_changes_the_samples(release, generator_dir):
+    run(release)
+    with_adapter = pq.read_table(stage.CHUNK_DIR / next(p.name for p in sorted(stage.CHUNK_DIR.glob("*-00000.parquet"))))
+    # Same seed and sampler on the bare base model: the DP adapter must make a difference.
+    from dpinstruct.models.loading import load_generator
+
+    base, tokenizer = load_generator(generator_dir)
+    prompt = tokenizer(release["train_generator"]["prompt"], add_special_tokens=False)["input_ids"]
+    bare = sampler.sample(base, prompt, 8, eos_id=tokenizer.eos_token_id, max_new_tokens=16, top_p=0.95,
+                           temperature=1.0, generator=torch.Generator().manual_seed(stage.chunk_seed(0, 0)))
+    assert with_adapter.column("tokens").to_pylist() != bare
+    model, _ = merged_model(stage.GENERATOR_DIR, stage.ADAPTER_DIR)
+    again = sampler.sample(model, prompt, 8, eos_id=tokenizer.eos_token_id, max_new_tokens=16, top_p=0.95,
+                            temperature=1.0, generator=torch.Generator().manual_seed(stage.chunk_seed(0, 0)))
+    assert with_adapter.column("tokens").to_pylist() == again
+
+
+def test_bad_params_are_refused_before_sampling(release):
+    from dpinstruct.io.errors import ConfigError
+
+    release["generate"]["top_p"] = 1.5
+    with pytest.raises(ConfigError, match=r"generate.top_p"):
+        run(release)
+    assert not stage.CHUNK_DIR.exists()
+
+
+def test_chunks_of_other_sampling_code_are_not_resumed(release, monkeypatch):
+    run(release)
+    real_digest, real_sample, calls = stage.file_digest, sampler.sample, []
+    # Pretend dpinstruct/models/sampler.py was edited: its saved chunks must be re-sampled, not reused.
+    monkeypatch.setattr(stage, "file_digest", lambda p: "edited" if str(p) == sampler.__file__ else real_digest(p))
+    monkeypatch.setattr(sampler, "sample", lambda *a, **k: (calls.append(1), real_sample(*a, **k))[1])
+    run(release)
+    assert len(calls) == 3
+
+
+def test_the_pool_follows_the_key_through_the_adapter(release, trained_adapter, tmp_path_factory, generator_dir,
+                                                      repo_params, monkeypatch):
+    run(release)
+    first = pool_digest()
+    # the same key trains the same adapter, hence the same pool; another key neither
+    for key, same in (("DPINSTRUCT_KEY_FILE", True), ("other", False)):
+        if key == "other":
+            monkeypatch.setenv("DPINSTRUCT_KEY_FILE", str(tmp_path_factory.mktemp("key") / "other.key"))
+        again = train_adapter(tmp_path_factory, generator_dir, repo_params)
+        shutil.rmtree(stage.ADAPTER_DIR)
+        shutil.copytree(again, stage.ADAPTER_DIR)
+        shutil.rmtree(stage.CHUNK_DIR, ignore_errors=True)
+        run(release)
+        assert (pool_digest() == first) == same

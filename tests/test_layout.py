@@ -1,0 +1,128 @@
+"""The layout rules (dpinstruct/layout.py) hold on the project, and fail on deliberately mis-placed
+modules; dvc.yaml is the single record of lineage and agrees with the stage modules."""
+from __future__ import annotations
+
+import importlib
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+
+from dpinstruct import layout
+
+REPO = Path(__file__).resolve().parents[1]
+RAW = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+# A `foreach` stage (embed@pool, embed@train, ...) is checked through its `do` template.
+DVC = {name: stage.get("do", stage) for name, stage in RAW.items()}
+
+
+def test_every_stage_runs_its_own_module_which_is_a_dep():
+    for name, stage in DVC.items():
+        assert stage["cmd"] in (f"python -m stages.{name}", f"python -m stages.{name} ${{key}}"), name
+        assert f"stages/{name}.py" in stage["deps"], f"{name}: its script must be a dep of its own stage"
+        module = importlib.import_module(f"stages.{name}")
+        assert callable(getattr(module, "main", None)), name
+        assert len((REPO / f"stages/{name}.py").read_text().splitlines()) < 150, f"{name}: keep stage modules small"
+
+
+def test_every_stage_declares_its_privacy_class():
+    for name, stage in RAW.items():
+        for item in stage["foreach"].values() if "foreach" in stage else [None]:
+            privacy = stage.get("do", stage).get("meta", {}).get("privacy")
+            privacy = item["privacy"] if item and privacy == "${item.privacy}" else privacy
+            assert privacy in {"private", "dp", "public"}, name
+
+
+def test_the_project_keeps_its_layout_rules():
+    assert layout.problems(REPO) == []
+
+
+@pytest.fixture
+def copy(tmp_path):
+    """A copy of the project's code and dvc.yaml, to mis-place modules in."""
+    for name in ("stages", "dpinstruct"):
+        shutil.copytree(REPO / name, tmp_path / name, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(REPO / "dvc.yaml", tmp_path / "dvc.yaml")
+    assert layout.problems(tmp_path) == []
+    return tmp_path
+
+
+def test_a_helper_in_stages_is_caught(copy):
+    (copy / "stages/helpers.py").write_text("def useful():\n    return 1\n")
+    assert layout.problems(copy) == ["stages/helpers.py is not a stage in dvc.yaml: library code belongs in dpinstruct/"]
+
+
+def test_a_library_module_importing_a_stage_is_caught(copy):
+    (copy / "dpinstruct/text/upward.py").write_text("from stages import prepare\n")
+    assert layout.problems(copy) == ["dpinstruct/text/upward.py imports stages: the library never imports a stage"]
+
+
+def test_a_stage_importing_another_stage_is_caught(copy):
+    path = copy / "stages/resample.py"
+    path.write_text(path.read_text().replace("import logging\n", "import logging\n\nfrom stages import cluster\n", 1))
+    assert "stages/resample.py imports the stage module stages/cluster.py" in layout.problems(copy)
+
+
+def test_library_code_a_stage_imports_without_a_dep_is_caught(copy):
+    # resample starts using the text filters (and, through them, nothing else new): dvc.yaml must follow
+    path = copy / "stages/resample.py"
+    path.write_text(path.read_text().replace("import logging\n", "import logging\n\nfrom dpinstruct.text import filters\n", 1))
+    assert layout.problems(copy) == ["stage resample: imports dpinstruct/text/filters.py, which no dep in dvc.yaml covers"]
+    # a transitive import counts too: a module the stage already imports starts importing another
+    lib = copy / "dpinstruct/embeddings/resampling.py"
+    lib.write_text(lib.read_text().replace("import numpy as np\n", "import numpy as np\n\nfrom dpinstruct.text import stats\n", 1))
+    assert "stage resample: imports dpinstruct/text/stats.py, which no dep in dvc.yaml covers" in layout.problems(copy)
+
+
+def test_a_stage_without_its_module_is_caught(copy):
+    (copy / "stages/cluster.py").unlink()
+    assert "stage cluster in dvc.yaml has no module stages/cluster.py" in layout.problems(copy)
+
+
+def outs(stage: str) -> set[str]:
+    return {o if isinstance(o, str) else next(iter(o)) for o in DVC[stage].get("outs", [])}
+
+
+def test_prepare_outputs_match_dvc_yaml():
+    from stages import evaluate, prepare, prepare_public
+
+    assert set(prepare.OUT.values()) | {"metrics/quality/prepare"} == outs("prepare")
+    assert {prepare_public.OUT, "metrics/quality/prepare_public"} == outs("prepare_public")
+    assert {evaluate.CLUSTER_PLOT, evaluate.LENGTH_PLOT} == outs("evaluate")
+    reads = {p for pair in [evaluate.REFERENCE, *evaluate.SETS.values()] for p in pair}
+    assert reads | {evaluate.BUCKETS, evaluate.NOISY} <= set(DVC["evaluate"]["deps"])
+
+
+def test_top_level_plots_point_at_stage_outputs_or_the_sweep():
+    from dpinstruct import sweep
+
+    files = {f for plot in yaml.safe_load((REPO / "dvc.yaml").read_text())["plots"]
+             for spec in plot.values() for f in spec["y"]}
+    produced = {o for stage in DVC for o in outs(stage)}
+    assert files - produced == {sweep.PLOT}
+
+
+def test_dvc_analytics_off_in_repo_config():
+    assert "analytics = false" in (REPO / ".dvc/config").read_text()
+
+
+def test_embed_sets_and_expected_ledger_entries_match_dvc_yaml():
+    # Two lists the stage modules keep in code must follow dvc.yaml, the record of lineage.
+    from stages import account, embed
+
+    items = RAW["embed"]["foreach"]
+    assert {k: v["input"] for k, v in items.items()} == embed.SETS
+    mechanisms = {name for name, stage in DVC.items() if stage.get("meta", {}).get("dp_mechanism")}
+    assert mechanisms == set(account.EXPECTED)
+
+
+def test_no_stage_switches_off_the_run_cache():
+    # A queued experiment starts in a fresh copy of the commit: a `persist` output (uncached) cannot be
+    # restored there, so the stage re-runs, and DVC never uses its run cache for such a stage either.
+    # With checkpoints as outputs, `dvc exp run --queue -S cluster.k=32` re-trained the generator.
+    for name, stage in DVC.items():
+        for section in ("outs", "metrics", "plots"):
+            for out in stage.get(section, []):
+                spec = out if isinstance(out, str) else next(iter(out.values())) or {}
+                assert not (isinstance(spec, dict) and spec.get("persist")), f"{name}: persist output {out}"

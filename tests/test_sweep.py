@@ -1,0 +1,96 @@
+"""The epsilon-sweep recipe, run for real (dvc exp queue, run-all, exp show) on a toy DVC project
+whose single stage maps privacy.epsilon to the metrics files the real pipeline writes."""
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from dpinstruct import cli, sweep
+
+TOY = '''
+import json, math, yaml
+value = yaml.safe_load(open("params.yaml"))["privacy"]["epsilon"]
+eps = float(value.lstrip(".") if isinstance(value, str) else value)  # dvc exp -S writes the string '.inf'
+
+finite = math.isfinite(eps)
+json.dump({"epsilon": eps * 0.99 if finite else "inf", "epsilon_prv": eps if finite else "inf",
+           "stages": {"train_generator": {"noise_multiplier": 1 / eps if finite else 0.0}}},
+          open("metrics/privacy.json", "w"))
+json.dump({"mauve": {s: {"mauve": round(b * eps / (1 + eps), 6) if finite else b, "mauve_std": 0.01}
+                     for s, b in {"release": 0.8, "pool": 0.7, "train": 0.97, "public": 0.04}.items()}},
+          open("metrics/eval.json", "w"))
+json.dump({"released": int(10 * min(eps, 100))}, open("metrics/resample.json", "w"))
+json.dump({"kept": 100, "sampled": 400}, open("metrics/generate.json", "w"))
+'''
+
+
+def expected_mauve(base, eps):
+    return round(base * eps / (1 + eps), 6) if math.isfinite(eps) else base
+
+
+@pytest.fixture
+def toy_repo(tmp_path, monkeypatch):
+    env = {"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"}
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.chdir(tmp_path)
+    run = lambda *a: subprocess.run(a, check=True, capture_output=True)  # noqa: E731
+    run("git", "init", "-q")
+    run(sys.executable, "-m", "dvc", "init", "-q")
+    Path("toy.py").write_text(TOY)
+    Path("metrics").mkdir()
+    Path("params.yaml").write_text(yaml.safe_dump({"privacy": {"epsilon": 6.0, "delta": 1e-5}}))
+    metrics = ["metrics/privacy.json", "metrics/eval.json", "metrics/resample.json", "metrics/generate.json"]
+    Path("dvc.yaml").write_text(yaml.safe_dump({"stages": {"toy": {
+        "cmd": "python toy.py", "deps": ["toy.py"], "params": ["privacy"],
+        "metrics": [{m: {"cache": False}} for m in metrics]}}}))
+    run(sys.executable, "-m", "dvc", "repro", "-q")
+    run("git", "add", "-A")
+    run("git", "commit", "-qm", "toy")
+    return tmp_path
+
+
+def test_sweep_queues_runs_and_tabulates_each_epsilon(toy_repo, capsys):
+    assert cli.main(["sweep", "--epsilons", "1", "3", "inf"]) == 0
+    printed = capsys.readouterr().out
+    rows = sweep.collect(json.loads(sweep.dvc("exp", "show", "--json", capture=True)))
+    assert [r["experiment"] for r in rows] == ["eps-1", "eps-3", "eps-inf"]
+    for r, eps in zip(rows, (1.0, 3.0, math.inf)):
+        assert r["mauve_release"] == pytest.approx(expected_mauve(0.8, eps))
+        assert r["mauve_pool"] == pytest.approx(expected_mauve(0.7, eps))
+        assert r["released"] == int(10 * min(eps, 100)) and not r["failed"]
+        assert (r["epsilon"] == "inf") if math.isinf(eps) else r["epsilon"] == pytest.approx(0.99 * eps)
+        assert f"| {r['experiment']} |" in printed and r["sampled"] == 400
+        assert (r["epsilon_prv"] == "inf") if math.isinf(eps) else r["epsilon_prv"] == pytest.approx(eps)
+    assert "| 100 / 400 |" in printed and "| 0.990 (1.000) |" in printed
+    with open(sweep.PLOT) as f:
+        plot = list(csv.DictReader(f))
+    assert [p["experiment"] for p in plot] == ["eps-1", "eps-3"]  # the non-private run is the reference column
+    assert all(float(p["mauve_release_nonprivate"]) == pytest.approx(0.8) for p in plot)
+    assert float(plot[0]["epsilon"]) == pytest.approx(0.99)
+    # the workspace itself is left as committed
+    assert yaml.safe_load(Path("params.yaml").read_text())["privacy"]["epsilon"] == 6.0
+
+
+def test_epsilon_is_written_as_a_float_like_the_committed_params():
+    assert [sweep.param_value(e) for e in ("6", "0.5", "1e1", "inf")] == ["6.0", "0.5", "10.0", ".inf"]
+
+
+def test_bad_epsilon_is_refused_before_anything_is_queued(toy_repo):
+    with pytest.raises(ValueError, match="epsilon must be > 0"):
+        sweep.queue(["3", "0"])
+    assert "eps-3" not in sweep.dvc("queue", "status", capture=True)
+
+
+def test_collect_only_without_experiments_fails_clearly(toy_repo, capsys):
+    assert cli.main(["sweep", "--collect-only"]) == 1
+    assert "no experiments named eps-*" in capsys.readouterr().err
+    assert not os.path.exists(sweep.PLOT)
