@@ -34,7 +34,8 @@ from dpinstruct.io.params import as_float
 PREFIX = "eps-"
 PLOT = "plots/privacy_utility.csv"
 SHOW = ("^(Experiment|privacy\\.epsilon|metrics/privacy\\.json:epsilon|epsilon_prv|released|"
-        "mauve\\.(train|public|pool|release)\\.mauve)$")
+        "mauve\\.(train|public|pool|release)\\.mauve|nll\\.(bare|train|public|pool|release)\\.mean|"
+        "win_rate\\.(pool|release)\\.win_rate)$")
 
 
 def name_for(epsilon: str) -> str:
@@ -111,6 +112,10 @@ def collect(shown: list[dict]) -> list[dict]:
         for s in ("release", "pool", "train", "public"):
             row[f"mauve_{s}"] = _metric(data, "metrics/eval.json", "mauve", s, "mauve")
         row["mauve_release_std"] = _metric(data, "metrics/eval.json", "mauve", "release", "mauve_std")
+        for s in ("release", "pool", "train", "public", "bare"):
+            row[f"nll_{s}"] = _metric(data, "metrics/alignment.json", "nll", s)
+        for s in ("release", "pool"):
+            row[f"win_{s}"] = _metric(data, "metrics/alignment.json", "win_rate", s)
         rows.append(row)
     return sorted(rows, key=lambda r: as_float(r["target_epsilon"]) if r["target_epsilon"] is not None else math.inf)
 
@@ -119,14 +124,24 @@ def _num(x, digits=3) -> str:
     return f"{x:.{digits}f}" if isinstance(x, (int, float)) and not isinstance(x, bool) else ("-" if x is None else str(x))
 
 
+def _interval(summary, key="mean") -> str:
+    """"0.812 [0.79, 0.83]" from a {mean|win_rate, lo, hi} summary, "-" when absent."""
+    if not isinstance(summary, dict) or summary.get(key) is None:
+        return "-"
+    return f"{summary[key]:.3f} [{summary['lo']:.3f}, {summary['hi']:.3f}]"
+
+
 def table(rows: list[dict]) -> str:
     head = ("| experiment | target epsilon | composed epsilon (PRV) | noise multiplier | pool kept / sampled "
-            "| released | MAUVE pool | MAUVE release (std) | MAUVE real train |\n|---|---|---|---|---|---|---|---|---|\n")
+            "| released | MAUVE pool | MAUVE release (std) | MAUVE real train | held-out NLL: release | pool "
+            "| real train | win rate vs bare: release |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
     return head + "".join(
         f"| {r['experiment']}{' (failed)' if r['failed'] else ''} | {_num(r['target_epsilon'], 2)} "
         f"| {_num(r['epsilon'])} ({_num(r['epsilon_prv'])}) | {_num(r['noise_multiplier'])} "
         f"| {_num(r['pool'], 0)} / {_num(r['sampled'], 0)} | {_num(r['released'], 0)} | {_num(r['mauve_pool'])} "
-        f"| {_num(r['mauve_release'])} ({_num(r['mauve_release_std'])}) | {_num(r['mauve_train'])} |\n" for r in rows)
+        f"| {_num(r['mauve_release'])} ({_num(r['mauve_release_std'])}) | {_num(r['mauve_train'])} "
+        f"| {_interval(r.get('nll_release'))} | {_interval(r.get('nll_pool'))} | {_interval(r.get('nll_train'))} "
+        f"| {_interval(r.get('win_release'), 'win_rate')} |\n" for r in rows)
 
 
 def write_plot(rows: list[dict], path: str = PLOT) -> int:

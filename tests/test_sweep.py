@@ -29,6 +29,10 @@ json.dump({"mauve": {s: {"mauve": round(b * eps / (1 + eps), 6) if finite else b
           open("metrics/eval.json", "w"))
 json.dump({"released": int(10 * min(eps, 100))}, open("metrics/resample.json", "w"))
 json.dump({"kept": 100, "sampled": 400}, open("metrics/generate.json", "w"))
+nll = 1.0 + (1.0 / eps if finite else 0.0)
+json.dump({"nll": {s: {"mean": nll + d, "lo": nll + d - 0.05, "hi": nll + d + 0.05}
+                   for s, d in {"release": 0.0, "pool": 0.1, "train": -0.1, "public": 0.3, "bare": 0.5}.items()},
+           "win_rate": {"release": {"win_rate": 0.6, "lo": 0.5, "hi": 0.7}}}, open("metrics/alignment.json", "w"))
 '''
 
 
@@ -48,7 +52,8 @@ def toy_repo(tmp_path, monkeypatch):
     Path("toy.py").write_text(TOY)
     Path("metrics").mkdir()
     Path("params.yaml").write_text(yaml.safe_dump({"privacy": {"epsilon": 6.0, "delta": 1e-5}}))
-    metrics = ["metrics/privacy.json", "metrics/eval.json", "metrics/resample.json", "metrics/generate.json"]
+    metrics = ["metrics/privacy.json", "metrics/eval.json", "metrics/resample.json", "metrics/generate.json",
+               "metrics/alignment.json"]
     Path("dvc.yaml").write_text(yaml.safe_dump({"stages": {"toy": {
         "cmd": "python toy.py", "deps": ["toy.py"], "params": ["privacy"],
         "metrics": [{m: {"cache": False}} for m in metrics]}}}))
@@ -71,6 +76,8 @@ def test_sweep_queues_runs_and_tabulates_each_epsilon(toy_repo, capsys):
         assert f"| {r['experiment']} |" in printed and r["sampled"] == 400
         assert (r["epsilon_prv"] == "inf") if math.isinf(eps) else r["epsilon_prv"] == pytest.approx(eps)
     assert "| 100 / 400 |" in printed and "| 0.990 (1.000) |" in printed
+    assert rows[0]["nll_release"]["mean"] == pytest.approx(2.0) and "| 2.000 [1.950, 2.050] |" in printed
+    assert "| 0.600 [0.500, 0.700] |" in printed  # the release's win rate against the bare student
     with open(sweep.PLOT) as f:
         plot = list(csv.DictReader(f))
     assert [p["experiment"] for p in plot] == ["eps-1", "eps-3"]  # the non-private run is the reference column

@@ -133,10 +133,11 @@ def nucleus_sample(logits: torch.Tensor, top_p: float, temperature: float, gener
     return token
 
 
-def next_token_logits(model, input_ids: torch.Tensor, cache: Cache, position_ids=None) -> torch.Tensor:
+def next_token_logits(model, input_ids: torch.Tensor, cache: Cache, position_ids=None,
+                      attention_mask=None) -> torch.Tensor:
     """[rows, vocab] logits of the last position, the output projection done in vocabulary slices."""
     hidden = model.model(input_ids=input_ids, past_key_values=cache, position_ids=position_ids,
-                         use_cache=True).last_hidden_state[:, -1]
+                         attention_mask=attention_mask, use_cache=True).last_hidden_state[:, -1]
     weight, bias = model.lm_head.weight, model.lm_head.bias
     logits = hidden.new_empty(hidden.shape[0], weight.shape[0])
     for start in range(0, weight.shape[0], VOCAB_SLICE):

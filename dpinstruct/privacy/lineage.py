@@ -21,6 +21,9 @@ Rules:
   * a dp_mechanism on a non-dp stage is an error, and so is one whose ledger entry
     (metrics/privacy/<stage>.json, a dp output) is missing or not composed by the accountant (the
     stage writing metrics/privacy.json, which must depend on every entry);
+  * a stage that may send its inputs to a remote endpoint (``meta.remote_backend``: the params
+    section with ``backend`` and ``allow_remote_private``) reads no private data while that
+    backend is not ``local``, unless the section opts in;
   * every project path a stage's module refers to (its module-level constants and string
     literals under data/, metrics/, plots/, dvclive/) is a declared dep or out of that stage
     (or its own resume state, data/checkpoints/<stage>): code that opens an undeclared file would
@@ -150,6 +153,7 @@ def check(root: Path | str = ".", stages=None) -> tuple[list[str], dict[str, Art
                 a.mechanisms = set(upstream) if a.privacy == "dp" else set()
         problems += _metadata_mismatches(root, by_stage[name], arts)
     problems += _ledger_problems(stages, arts)
+    problems += _remote_problems(stages, arts, params, data)
     problems += _undeclared_files(root, stages)
     return problems, arts
 
@@ -168,6 +172,38 @@ def _ledger_problems(stages, arts) -> list[str]:
         elif entry not in composed:
             out.append(f"stage {s.name}: its ledger entry {entry} is not a dep of the stage that writes {COMPOSED}, "
                        "so the release's epsilon would not count it")
+    return out
+
+
+def _remote_problems(stages, arts, params: dict, data: dict) -> list[str]:
+    """A stage that may send its inputs to a remote backend (``meta.remote_backend`` names the params
+    section holding ``backend`` and ``allow_remote_private``) must not read private data while that
+    backend is remote, unless the section opts in explicitly."""
+    from dvc.dependency.param import ParamsDependency
+
+    out = []
+    for s in stages:
+        section_name = s.meta.get("remote_backend")
+        if not section_name:
+            continue
+        section = params
+        for key in section_name.split("."):
+            section = (section or {}).get(key) if isinstance(section, dict) else None
+        if not isinstance(section, dict) or "backend" not in section:
+            out.append(f"stage {s.name}: meta.remote_backend names params section {section_name!r}, which has no backend")
+            continue
+        if section["backend"] == "local" or section.get("allow_remote_private", False):
+            continue
+        for d in s.deps:
+            if isinstance(d, ParamsDependency):
+                continue
+            dep = _norm(d.def_path)
+            producers = [a for p, a in arts.items() if _covers(p, dep)]
+            cls = max((a.privacy for a in producers), key=RANK.get) if producers else raw_class(dep, data)
+            if cls == "private":
+                out.append(f"stage {s.name} sends its inputs to the remote backend {section['backend']!r} "
+                           f"({section_name}.backend) and reads private {dep}, without "
+                           f"{section_name}.allow_remote_private: true")
     return out
 
 

@@ -71,6 +71,8 @@ MISWIRED = {
                                      "stage prepare: declares dp_mechanism 'gaussian' but its class is 'private'"),
     "undeclared_raw_input_counts_as_private": (_add_dep("cluster", "data/raw/extra.jsonl"),
                                                "reads data/raw/extra.jsonl (class private, raw input)"),
+    "annotation_of_a_private_set_relabelled_dp": (lambda s: s["annotate"]["foreach"]["train"].update(privacy="dp"),
+                                                  "stage annotate@train (class dp) reads data/prepared/train.parquet"),
     "evaluation_relabelled_dp": (lambda s: s["evaluate"]["meta"].update(privacy="dp"),
                                  "stage evaluate (class dp) reads data/prepared/test.parquet"),
     "reading_a_private_output_of_a_dp_stage": (_add_dep("account", "dvclive/train_generator/metrics.json"),
@@ -164,3 +166,28 @@ def test_publishable_report_withholds_private_hashes(tmp_path):
     assert "withheld (private)" in row and arts["metrics/prepare.json"].md5 not in text
     release = next(line for line in text.splitlines() if "`data/release/instructions.parquet`" in line)
     assert arts["data/release/instructions.parquet"].md5 in release
+
+
+def test_private_sets_sent_to_a_remote_backend_need_the_opt_in(fixture_project):
+    root = fixture_project(lambda s: None)
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    params["annotate"]["backend"] = "openai"
+    (root / "params.yaml").write_text(yaml.safe_dump(params))
+    problems, _ = lineage.check(root)
+    remote = [p for p in problems if "remote backend" in p]
+    assert {p.split(" sends")[0] for p in remote} == {"stage annotate@train", "stage annotate@test"}
+    assert all("annotate.allow_remote_private: true" in p for p in remote)
+    params["annotate"]["allow_remote_private"] = True
+    params["evaluate_alignment"]["judge"]["backend"] = "openai"  # the judge reads the private test split
+    (root / "params.yaml").write_text(yaml.safe_dump(params))
+    problems, _ = lineage.check(root)
+    assert {p.split(" sends")[0] for p in problems} == {"stage evaluate_alignment"}
+
+
+def test_annotations_and_adapters_keep_their_inputs_class():
+    _, arts = lineage.check(REPO)
+    expected = {"release": "dp", "pool": "dp", "train": "private", "public": "public", "test": "private"}
+    for name, cls in expected.items():
+        assert arts[f"data/annotated/{name}.parquet"].privacy == cls
+        if name != "test":
+            assert arts[f"data/adapters/sft/{name}"].privacy == cls
