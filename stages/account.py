@@ -1,11 +1,14 @@
-"""Stage `account`: one (epsilon, delta) for the released instruction set.
+"""Stage `account`: one (epsilon, delta) per private dataset, the released instruction set's first.
 
-Composes every ledger entry under metrics/privacy/ (sequential composition: all mechanisms touch
-the same private train records) with dp_accounting's PLD accountant at ``privacy.delta``, and
-cross-checks with opacus' PRV accountant. Writes metrics/privacy.json. The run fails when the
-composed epsilon exceeds ``privacy.epsilon`` by EITHER accountant, by any amount: the generator's
-noise was calibrated so that both fit, so an excess means the ledger and the budget disagree (for
-example a stale entry), and nothing may be released.
+Reads every ledger entry under metrics/privacy/ and composes them by dataset
+(dpinstruct/privacy/composition.py): sequentially within a partition (PLD, with opacus' PRV as
+cross-check), in parallel (the maximum) across disjoint partitions of one dataset, separately per
+dataset. Each dataset has its own budget in params (``BUDGETS``). Writes metrics/privacy.json: the
+release's guarantee at the top level (``epsilon``, ``delta``, ...: the ``instructions`` dataset)
+and every dataset's under ``datasets``. The run fails when a dataset's composed epsilon exceeds its
+target by EITHER accountant, by any amount: every mechanism's noise was calibrated so that both
+fit, so an excess means the ledger and the budget disagree (for example a stale entry), and
+nothing may be released.
 """
 from __future__ import annotations
 
@@ -17,45 +20,57 @@ from dpinstruct.io.errors import PrivacyConfigError
 from dpinstruct.io.runner import run_stage
 from dpinstruct.privacy import accounting as acct
 from dpinstruct.privacy import ledger
+from dpinstruct.privacy.composition import compose_dataset
 
 log = logging.getLogger("stages.account")
 STAGE = "account"
 OUT = "metrics/privacy.json"
-EXPECTED = ("histogram", "train_generator")  # the DP mechanisms of this pipeline
+RELEASE = "instructions"  # the dataset of the released instruction set
+BUDGETS = {"instructions": "privacy", "imdb": "rl.privacy"}  # dataset -> params section of its budget
+EXPECTED = {"instructions": ("histogram", "train_generator"), "imdb": ("dp_ppo", "dp_sft")}  # its mechanisms
 
 
-def compose(entries: list[dict], delta: float) -> tuple[float, float]:
-    """(PLD epsilon, PRV epsilon) of all entries composed, at delta."""
-    events = [ledger.event_from_json(e["dp_event"]) for e in entries]
-    components = [(P.as_float(e["noise_multiplier"]), P.as_float(e["sampling_rate"]), int(e["steps"])) for e in entries]
-    return acct.round_up(acct.epsilon_pld(events, delta)), acct.round_up(acct.epsilon_prv(components, delta))
+def budget(params: dict, dataset: str) -> tuple[float, float]:
+    section = params
+    for key in BUDGETS[dataset].split("."):
+        section = P.section(section, key)
+    return P.as_float(section["epsilon"]), P.as_float(section["delta"])
 
 
 def account(params: dict, out) -> dict:
-    privacy = P.section(params, "privacy")
-    target, delta = P.as_float(privacy["epsilon"]), P.as_float(privacy["delta"])
     entries = ledger.read_entries()
-    stages = sorted(e["stage"] for e in entries)
-    if stages != sorted(EXPECTED):
-        raise PrivacyConfigError(f"{ledger.LEDGER_DIR}: expected ledger entries for {list(EXPECTED)}, found {stages}")
-    stale = [e["stage"] for e in entries if P.as_float(e["delta"]) != delta]
-    if stale:
-        raise PrivacyConfigError(f"ledger entries {stale} were made at another delta than privacy.delta={delta}: "
-                                 "re-run them (dvc repro)")
-    epsilon, epsilon_prv = compose(entries, delta)
-    within = math.isinf(target) or (epsilon <= target and epsilon_prv <= target)
+    found = {d: sorted(e["stage"] for e in entries if e.get("dataset") == d) for d in EXPECTED}
+    unknown = sorted(e["stage"] for e in entries if e.get("dataset") not in EXPECTED)
+    if unknown or any(found[d] != sorted(EXPECTED[d]) for d in EXPECTED):
+        raise PrivacyConfigError(f"{ledger.LEDGER_DIR}: expected ledger entries {EXPECTED}, found {found}"
+                                 + (f" and entries of unknown datasets {unknown}" if unknown else ""))
+    datasets = {}
+    for name in EXPECTED:
+        target, delta = budget(params, name)
+        mine = [e for e in entries if e["dataset"] == name]
+        stale = [e["stage"] for e in mine if P.as_float(e["delta"]) != delta]
+        if stale:
+            raise PrivacyConfigError(f"ledger entries {stale} were made at another delta than {BUDGETS[name]}.delta="
+                                     f"{delta}: re-run them (dvc repro)")
+        guarantee = compose_dataset(mine, delta)
+        within = math.isinf(target) or (guarantee["epsilon"] <= target and guarantee["epsilon_prv"] <= target)
+        if not within:
+            raise PrivacyConfigError(f"dataset {name}: composed epsilon {guarantee['epsilon']:.4f} (PRV "
+                                     f"{guarantee['epsilon_prv']:.4f}) exceeds {BUDGETS[name]}.epsilon {target}; "
+                                     "nothing may be released")
+        datasets[name] = {**guarantee, "target_epsilon": target, "within_budget": within, "budget": BUDGETS[name]}
+        log.info("dataset %s: epsilon %.4f (PRV %.4f) at delta %g; budget %s", name, guarantee["epsilon"],
+                 guarantee["epsilon_prv"], delta, target)
+    release = datasets[RELEASE]
     result = ledger.finite({
-        "epsilon": epsilon, "delta": delta, "accountant": "dp_accounting PLD (sequential composition)",
-        "epsilon_prv": epsilon_prv, "target_epsilon": target, "within_budget": within,
-        "neighbouring": acct.NEIGHBOURING, "private": not math.isinf(epsilon),
-        "stages": {e["stage"]: {k: e[k] for k in ("mechanism", "noise_multiplier", "sampling_rate", "steps",
-                                                   "sensitivity", "epsilon", "epsilon_prv")} for e in entries},
+        **{k: release[k] for k in ("epsilon", "delta", "epsilon_prv", "target_epsilon", "within_budget", "private",
+                                   "accountant")},
+        "neighbouring": acct.NEIGHBOURING, "datasets": datasets,
+        "stages": {e["stage"]: {k: e[k] for k in ("dataset", "partition", "mechanism", "noise_multiplier",
+                                                   "sampling_rate", "steps", "sensitivity", "epsilon", "epsilon_prv")}
+                   for e in entries},
     })
-    if not within:
-        raise PrivacyConfigError(f"composed epsilon {epsilon:.4f} (PRV {epsilon_prv:.4f}) exceeds privacy.epsilon "
-                                 f"{target}; nothing may be released")
     out.write_json(result, OUT)
-    log.info("release: epsilon %.4f (PRV %.4f) at delta %g; budget %s", epsilon, epsilon_prv, delta, target)
     return result
 
 

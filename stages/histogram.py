@@ -29,6 +29,7 @@ from dpinstruct.privacy.histogram import noisy_histogram
 from dpinstruct.privacy.randomness import DPRandom
 
 log = logging.getLogger("stages.histogram")
+DATASET = "instructions"  # the private dataset this mechanism touches (ledger, composition)
 STAGE = "histogram"
 TRAIN_EMBEDDINGS = Path("data/embeddings/train.parquet")
 BUCKETS = Path("data/clusters/buckets.parquet")
@@ -54,9 +55,9 @@ def histogram(params: dict, out) -> dict:
     out.write_parquet(table, NOISY, SCHEMA, table_metadata(STAGE, phash, "dp", mechanism="gaussian", sigma=sigma))
     out.write_json(report, quality.report_path("histogram/noisy_histogram"))
     delta = P.as_float(privacy["delta"])
-    entry = ledger.make_entry(stage=STAGE, mechanism="gaussian", noise_multiplier=sigma, sampling_rate=1.0, steps=1,
-                              sensitivity=1.0, delta=delta, event=acct.histogram_event(sigma), secure_mode=secure,
-                              params_hash=phash)
+    entry = ledger.make_entry(stage=STAGE, mechanism="gaussian", dataset=DATASET, partition="all",
+                              noise_multiplier=sigma, sampling_rate=1.0, steps=1, sensitivity=1.0, delta=delta,
+                              event=acct.histogram_event(sigma), secure_mode=secure, params_hash=phash)
     out.write_json(entry, ledger.entry_path(STAGE))
     # Only DP quantities: the noisy total, never the exact number of private records.
     metrics = {"clusters": len(noisy), "sigma": sigma, "noisy_total": float(noisy.sum()),

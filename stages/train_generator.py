@@ -17,9 +17,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from tqdm import tqdm
 
-from dpinstruct.io import checkpoint
 from dpinstruct.io import params as P
 from dpinstruct.io.artifacts import file_digest
 from dpinstruct.io.runner import run_stage
@@ -28,13 +26,14 @@ from dpinstruct.models.lora import lora_model, save_adapter
 from dpinstruct.privacy import accounting as acct
 from dpinstruct.privacy import dp_adam, ledger
 from dpinstruct.privacy.dp_adam import DPAdam, build_examples, collate, micro_batches, poisson_sample
-from dpinstruct.privacy.randomness import DPRandom
+from dpinstruct.privacy.dp_loop import DPLoop
 
 log = logging.getLogger("stages.train_generator")
 TRAIN = Path("data/prepared/train.parquet")
 ADAPTER_DIR = Path("data/adapters/generator")
 CHECKPOINT_DIR = Path("data/checkpoints/train_generator")
 LIVE_DIR = Path("dvclive/train_generator")
+DATASET = "instructions"  # the private dataset this mechanism touches (ledger, composition)
 STAGE = "train_generator"
 
 
@@ -47,7 +46,6 @@ def plan(params: dict, n_records: int) -> acct.GeneratorPlan:
 
 
 def train(params: dict, out) -> dict:
-    from dvclive import Live
 
     cfg = params[STAGE]
     phash = P.params_hash(cfg, params.get("privacy"), params.get("histogram"))
@@ -57,14 +55,11 @@ def train(params: dict, out) -> dict:
              p.sampling_rate, p.steps, p.noise_multiplier, p.clip_norm, p.composed_epsilon, p.composed_epsilon_prv,
              p.delta)
     # DP randomness: one keyed stream per source, bound to this run's params and private data.
-    binding = (phash, file_digest(TRAIN))
-    sampler = DPRandom.for_purpose(f"{STAGE}/poisson", *binding, privacy=params.get("privacy"))
-    noise = DPRandom.for_purpose(f"{STAGE}/noise", *binding, privacy=params.get("privacy"))
-    # A checkpoint may be resumed only by the very same run: same params, plan (noise, rate,
-    # steps), data, base weights, training code and key; anything else would mix two runs in one adapter.
-    run_key = P.params_hash(phash, p.as_dict(), file_digest(TRAIN), file_digest(GENERATOR_DIR / "model.safetensors"),
-                            file_digest(__file__), file_digest(dp_adam.__file__), sampler.resume_tag(),
-                            noise.resume_tag())
+    loop = DPLoop(STAGE, privacy=params.get("privacy"), binding=(phash, file_digest(TRAIN)),
+                  run_key_parts=(phash, p.as_dict(), file_digest(TRAIN), file_digest(GENERATOR_DIR / "model.safetensors"),
+                                 file_digest(__file__), file_digest(dp_adam.__file__)),
+                  steps=p.steps, noise_multiplier=p.noise_multiplier, sampling_rate=p.sampling_rate, delta=p.delta,
+                  checkpoint_dir=CHECKPOINT_DIR, live_dir=LIVE_DIR, checkpoint_every=cfg["checkpoint_every"])
     torch.manual_seed(cfg["seed"])  # LoRA init only: public, and no DP proof relies on it
     model, tokenizer = lora_model(GENERATOR_DIR, cfg["lora"])
     examples, prompt_len, skipped = build_examples(tokenizer, instructions, cfg["prompt"], cfg["max_seq_len"])
@@ -73,39 +68,24 @@ def train(params: dict, out) -> dict:
                  skipped, cfg["max_seq_len"])
     lengths = np.array([len(e) for e in examples])
     dp = DPAdam(model, lr=P.as_float(cfg["lr"]), noise_multiplier=p.noise_multiplier, clip_norm=p.clip_norm,
-                expected_batch_size=p.expected_batch_size, noise=noise, autocast_bf16=bool(cfg["bf16"]))
-    streams = {"poisson": sampler, "noise": noise}
-    state = checkpoint.load(CHECKPOINT_DIR, run_key)
-    start = checkpoint.restore(state, model=model, optimizer=dp.optimizer, streams=streams) if state else 0
-    spent = acct.RunningEpsilon(p.noise_multiplier, p.sampling_rate, p.delta, steps_done=start)
-    live = Live(str(LIVE_DIR), resume=start > 0, save_dvc_exp=False, dvcyaml=None, report=None)
-    live.summary["skipped_too_long"] = skipped
-    bar = tqdm(range(start, p.steps), initial=start, total=p.steps, desc="DP-Adam steps", unit="step")
-    for step in bar:
-        idx = poisson_sample(sampler, len(examples), p.sampling_rate)
+                expected_batch_size=p.expected_batch_size, noise=loop.noise, autocast_bf16=bool(cfg["bf16"]))
+    for _ in loop.iterate(model=model, optimizer=dp.optimizer, summary={"skipped_too_long": skipped},
+                          desc="DP-Adam steps"):
+        idx = poisson_sample(loop.sampler, len(examples), p.sampling_rate)
         micro = [collate([examples[i] for i in b], prompt_len, tokenizer.pad_token_id)
                  for b in micro_batches(idx, lengths, cfg["micro_batch_tokens"])]
         result = dp.step(micro)
-        eps = spent.step()
-        bar.set_postfix(batch=result.batch_size, loss=f"{result.loss:.3f}", eps=f"{eps:.2f}")
-        live.log_metric("loss", result.loss)
-        live.log_metric("batch_size", result.batch_size)
-        if p.private:
-            live.log_metric("epsilon", eps)
-        live.next_step()
-        if (step + 1) % cfg["checkpoint_every"] == 0 and step + 1 < p.steps:
-            checkpoint.save(CHECKPOINT_DIR, step=step + 1, run_key=run_key, model=model, optimizer=dp.optimizer,
-                            streams=streams)
-    live.end()
+        loop.metrics.update(loss=result.loss, batch_size=result.batch_size)
     realised = p.sampling_rate * len(examples)
     if not 0.5 <= realised / p.expected_batch_size <= 2:
         log.warning("train_generator.expected_batch_size=%g is far from the realised mean batch q x N: it only "
                     "scales the update, but set it near q x N", p.expected_batch_size)
     save_adapter(model, out.path(ADAPTER_DIR))
     event = acct.dp_sgd_event(p.noise_multiplier, p.sampling_rate, p.steps)
-    entry = ledger.make_entry(stage=STAGE, mechanism="poisson_subsampled_gaussian", noise_multiplier=p.noise_multiplier,
+    entry = ledger.make_entry(stage=STAGE, mechanism="poisson_subsampled_gaussian", dataset=DATASET, partition="all",
+                              noise_multiplier=p.noise_multiplier,
                               sampling_rate=p.sampling_rate, steps=p.steps, sensitivity=p.clip_norm, delta=p.delta,
-                              event=event, plan=p.as_dict(), secure_mode=not noise.replayable, params_hash=phash)
+                              event=event, plan=p.as_dict(), secure_mode=not loop.noise.replayable, params_hash=phash)
     out.write_json(entry, ledger.entry_path(STAGE))
     log.info("epsilon of this stage alone: %s (PRV %s); planned release epsilon %.3f", entry["epsilon"],
              entry["epsilon_prv"], p.composed_epsilon)

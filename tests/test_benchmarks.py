@@ -54,3 +54,14 @@ def test_annotation_speed():
     assert results["local"]["ratio"] >= 1.15, results  # greedy: stock generate sorts nothing; measured 1.24
     endpoint = results["endpoint"]
     assert endpoint["concurrency_8"]["requests_per_s"] >= 4 * endpoint["concurrency_1"]["requests_per_s"], results
+
+
+@pytest.mark.benchmark
+def test_dp_ppo_speed():
+    if not (REPO / "data/adapters/dp_sft/adapter_model.safetensors").exists():
+        pytest.skip("run `dvc repro dp_sft sentiment_reward` first")
+    out = subprocess.run([sys.executable, "-m", "tests.benchmarks.bench_ppo"], cwd=REPO, check=True,
+                         capture_output=True, text=True).stdout
+    results = json.loads(out[out.index("{"):])
+    print(json.dumps(results, indent=2))
+    assert results["ratio"] <= 3.0 and results["rollout_tokens_per_s"] > 50, results

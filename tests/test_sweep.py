@@ -21,14 +21,24 @@ value = yaml.safe_load(open("params.yaml"))["privacy"]["epsilon"]
 eps = float(value.lstrip(".") if isinstance(value, str) else value)  # dvc exp -S writes the string '.inf'
 
 finite = math.isfinite(eps)
-json.dump({"epsilon": eps * 0.99 if finite else "inf", "epsilon_prv": eps if finite else "inf",
-           "stages": {"train_generator": {"noise_multiplier": 1 / eps if finite else 0.0}}},
-          open("metrics/privacy.json", "w"))
 json.dump({"mauve": {s: {"mauve": round(b * eps / (1 + eps), 6) if finite else b, "mauve_std": 0.01}
                      for s, b in {"release": 0.8, "pool": 0.7, "train": 0.97, "public": 0.04}.items()}},
           open("metrics/eval.json", "w"))
 json.dump({"released": int(10 * min(eps, 100))}, open("metrics/resample.json", "w"))
 json.dump({"kept": 100, "sampled": 400}, open("metrics/generate.json", "w"))
+rl_value = yaml.safe_load(open("params.yaml"))["rl"]["privacy"]["epsilon"]
+rl_eps = float(rl_value.lstrip(".") if isinstance(rl_value, str) else rl_value)
+rl_finite = math.isfinite(rl_eps)
+json.dump({"epsilon": eps * 0.99 if finite else "inf", "epsilon_prv": eps if finite else "inf",
+           "stages": {"train_generator": {"noise_multiplier": 1 / eps if finite else 0.0}},
+           "datasets": {"imdb": {"epsilon": rl_eps * 0.98 if rl_finite else "inf",
+                                 "epsilon_prv": rl_eps if rl_finite else "inf"}}}, open("metrics/privacy.json", "w"))
+names = {"dp_sft": "dp_sft", "dp_ppo": "dp_ppo"} if rl_finite else {"dp_sft": "sft", "dp_ppo": "ppo"}
+gain = 1.0 - (1.0 / rl_eps if rl_finite else 0.0)
+json.dump({"mean_reward": {"base": {"mean": 0.1, "lo": 0.0, "hi": 0.2}, names["dp_sft"]: {"mean": 0.2, "lo": 0.1, "hi": 0.3},
+                           names["dp_ppo"]: {"mean": 0.2 + gain, "lo": 0.1 + gain, "hi": 0.3 + gain}},
+           "reward_diff": {names["dp_ppo"] + "-" + names["dp_sft"]: {"mean": gain, "lo": gain - 0.1, "hi": gain + 0.1}}},
+          open("metrics/rl.json", "w"))
 nll = 1.0 + (1.0 / eps if finite else 0.0)
 json.dump({"nll": {s: {"mean": nll + d, "lo": nll + d - 0.05, "hi": nll + d + 0.05}
                    for s, d in {"release": 0.0, "pool": 0.1, "train": -0.1, "public": 0.3, "bare": 0.5}.items()},
@@ -51,11 +61,12 @@ def toy_repo(tmp_path, monkeypatch):
     run(sys.executable, "-m", "dvc", "init", "-q")
     Path("toy.py").write_text(TOY)
     Path("metrics").mkdir()
-    Path("params.yaml").write_text(yaml.safe_dump({"privacy": {"epsilon": 6.0, "delta": 1e-5}}))
+    Path("params.yaml").write_text(yaml.safe_dump({"privacy": {"epsilon": 6.0, "delta": 1e-5},
+                                                   "rl": {"privacy": {"epsilon": 4.0, "delta": 1e-5}}}))
     metrics = ["metrics/privacy.json", "metrics/eval.json", "metrics/resample.json", "metrics/generate.json",
-               "metrics/alignment.json"]
+               "metrics/alignment.json", "metrics/rl.json"]
     Path("dvc.yaml").write_text(yaml.safe_dump({"stages": {"toy": {
-        "cmd": "python toy.py", "deps": ["toy.py"], "params": ["privacy"],
+        "cmd": "python toy.py", "deps": ["toy.py"], "params": ["privacy", "rl.privacy"],
         "metrics": [{m: {"cache": False}} for m in metrics]}}}))
     run(sys.executable, "-m", "dvc", "repro", "-q")
     run("git", "add", "-A")
@@ -101,3 +112,19 @@ def test_collect_only_without_experiments_fails_clearly(toy_repo, capsys):
     assert cli.main(["sweep", "--collect-only"]) == 1
     assert "no experiments named eps-*" in capsys.readouterr().err
     assert not os.path.exists(sweep.PLOT)
+
+
+def test_the_rl_sweep_varies_the_rl_budget_and_tabulates_the_rewards(toy_repo, capsys):
+    assert cli.main(["sweep", "--param", "rl.privacy.epsilon", "--epsilons", "2", "inf"]) == 0
+    printed = capsys.readouterr().out
+    rows = sweep.collect(json.loads(sweep.dvc("exp", "show", "--json", capture=True)), "rl.privacy.epsilon")
+    assert [r["experiment"] for r in rows] == ["rl-eps-2", "rl-eps-inf"]
+    assert rows[0]["rl_epsilon"] == pytest.approx(1.96) and rows[1]["rl_epsilon"] == "inf"
+    assert rows[0]["reward_ppo"]["mean"] == pytest.approx(0.7) and rows[1]["reward_ppo"]["mean"] == pytest.approx(1.2)
+    assert "| rl-eps-2 | 2.00 | 1.960 (2.000) | 0.100 [0.000, 0.200] | 0.200 [0.100, 0.300] |" in printed
+    assert "| 0.500 [0.400, 0.600] |" in printed  # PPO - SFT at epsilon 2
+    # the release's sweep does not list the RL experiments
+    assert sweep.collect(json.loads(sweep.dvc("exp", "show", "--json", capture=True))) == []
+    with open(sweep.RL_PLOT) as f:
+        plot = list(csv.DictReader(f))
+    assert [p["experiment"] for p in plot] == ["rl-eps-2"] and float(plot[0]["reward_ppo_nonprivate"]) == 1.2

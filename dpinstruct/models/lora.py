@@ -11,14 +11,25 @@ from pathlib import Path
 from dpinstruct.models.loading import load_generator
 
 
-def lora_model(base_dir: Path | str, lora: dict):
-    """(peft model with fresh LoRA layers, tokenizer); ``lora`` holds r, alpha, dropout, target_modules."""
-    from peft import LoraConfig, get_peft_model
+def lora_config(lora: dict):
+    """A peft LoraConfig from params: r, alpha, dropout, target_modules and, optionally, ``layers``
+    (the transformer blocks to adapt; default all). Adapting only the upper blocks lets the backward
+    pass stop early, and a DP run pays noise on fewer coordinates."""
+    from peft import LoraConfig
 
-    model, tokenizer = load_generator(base_dir)
-    config = LoraConfig(r=lora["r"], lora_alpha=lora["alpha"], lora_dropout=lora["dropout"],
-                        target_modules=list(lora["target_modules"]), task_type="CAUSAL_LM")
-    return get_peft_model(model, config), tokenizer
+    layers = lora.get("layers")
+    return LoraConfig(r=lora["r"], lora_alpha=lora["alpha"], lora_dropout=lora["dropout"],
+                      target_modules=list(lora["target_modules"]), task_type="CAUSAL_LM",
+                      **({"layers_to_transform": [int(i) for i in layers]} if layers else {}))
+
+
+def lora_model(base, lora: dict):
+    """(peft model with fresh LoRA layers, tokenizer) on ``base``: a model folder, or an already
+    loaded (model, tokenizer) pair."""
+    from peft import get_peft_model
+
+    model, tokenizer = load_generator(base) if isinstance(base, (str, Path)) else base
+    return get_peft_model(model, lora_config(lora)), tokenizer
 
 
 def save_adapter(model, target: Path | str) -> None:

@@ -17,8 +17,15 @@ Mechanisms and their sensitivities:
   removing a record changes one count by 1 (L2 sensitivity 1); i.i.d. Gaussian noise of std sigma_h
   on every bin. Event: Gaussian(sigma_h). Clipping negatives to 0 is post-processing.
 
-Composition: every mechanism of a release reads the same records, so their events compose
-sequentially (``accounting``, PLD with an opacus PRV cross-check; the budget is met by both). What
+* DP-PPO (Wu et al., ``dpinstruct.rl.ppo``): the unit is one prompt; the gradient of all its
+  rollouts' losses is averaged into one (``dp_adam.group_by_unit``) and clipped to C, so adding or
+  removing a prompt moves the sum by at most C; otherwise as DP-Adam.
+
+Composition: every ledger entry names its private ``dataset`` and the ``partition`` it reads
+(``composition``): mechanisms on the same records compose sequentially (``accounting``, PLD with an
+opacus PRV cross-check; the budget is met by both), disjoint partitions of a dataset in parallel,
+and different datasets have separate guarantees. The release's mechanisms (generator, histogram)
+all read the same instructions. What
 is computed from DP outputs and public data only (the pool, the clusters, the release) is
 post-processing and costs nothing more; ``lineage`` checks on the DVC graph that nothing else
 reaches a dp or public artifact, and ``bundle`` publishes only dp and public files.

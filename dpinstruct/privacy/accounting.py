@@ -81,10 +81,10 @@ class RunningEpsilon:
         return float(self.accountant.get_epsilon(self.delta))
 
 
-def check_delta(delta: float, n_records: int) -> None:
+def check_delta(delta: float, n_records: int, name: str = "privacy.delta") -> None:
     if not 0 < delta < 1 / n_records:
         raise PrivacyConfigError(
-            f"privacy.delta={delta} must be in (0, 1/N) = (0, {1 / n_records:.3g}) for N={n_records} records: "
+            f"{name}={delta} must be in (0, 1/N) = (0, {1 / n_records:.3g}) for N={n_records} records: "
             "a delta of 1/N or more allows releasing one record in the clear")
 
 
@@ -94,40 +94,54 @@ def round_up(epsilon: float, places: int = 9) -> float:
     return epsilon if not math.isfinite(epsilon) else math.ceil(epsilon * 10 ** places) / 10 ** places
 
 
-def composed_epsilons(noise_multiplier: float, sampling_rate: float, steps: int, histogram_sigma: float,
-                      delta: float) -> tuple[float, float]:
-    """(PLD, PRV) epsilon of T DP-SGD steps composed with the Gaussian histogram."""
-    pld = epsilon_pld([dp_sgd_event(noise_multiplier, sampling_rate, steps), histogram_event(histogram_sigma)], delta)
-    prv = epsilon_prv([(noise_multiplier, sampling_rate, steps), (histogram_sigma, 1.0, 1)], delta)
-    return pld, prv
+Component = tuple  # (noise multiplier, sampling rate, steps): one mechanism, as opacus' PRV history has it
+
+
+def component_event(noise_multiplier: float, sampling_rate: float, steps: int) -> dp_accounting.DpEvent:
+    """The DpEvent of a component: T Poisson-subsampled Gaussian steps, or T plain Gaussian
+    releases when the sampling rate is 1 (one step: the histogram)."""
+    if sampling_rate < 1:
+        return dp_sgd_event(noise_multiplier, sampling_rate, steps)
+    single = histogram_event(noise_multiplier)
+    return single if steps == 1 or isinstance(single, dp_accounting.NonPrivateDpEvent) else \
+        dp_accounting.SelfComposedDpEvent(single, steps)
+
+
+def composed_epsilons(components: list[Component], delta: float) -> tuple[float, float]:
+    """(PLD, PRV) epsilon of the sequential composition of ``components``."""
+    pld = epsilon_pld([component_event(*c) for c in components], delta)
+    return pld, epsilon_prv(list(components), delta)
 
 
 def calibrate_noise_multiplier(target_epsilon: float, delta: float, sampling_rate: float, steps: int,
-                               histogram_sigma: float, tolerance: float = 0.01) -> tuple[float, float, float]:
-    """Smallest DP-SGD noise multiplier whose composition with the histogram meets `target_epsilon`
-    by BOTH accountants.
+                               prior: list[Component], *, prior_label: str = "the other mechanisms on these records",
+                               hint: str = "", target_name: str = "privacy.epsilon",
+                               tolerance: float = 0.01) -> tuple[float, float, float]:
+    """Smallest DP-SGD noise multiplier whose composition with the ``prior`` components (the other
+    mechanisms on the same records: for the generator, the histogram) meets `target_epsilon` by
+    BOTH accountants.
 
     Returns (noise_multiplier, PLD epsilon, PRV epsilon), both <= target and the larger within
     `tolerance` of it (unless the sigma bracket closes first). A first bisection runs on a 10x
     coarser PLD grid (fast and, being pessimistic, never below the fine one); the second raises
     sigma until the fine PLD and opacus' PRV upper bound both fit, so the release never exceeds
     its budget by either accountant (PRV sits about 0.01 above PLD at the shipped setting).
-    Raises PrivacyConfigError when no noise level meets the target (the histogram alone spends it).
+    Raises PrivacyConfigError when no noise level meets the target (the prior alone spends it).
     """
-    hist = histogram_event(histogram_sigma)
+    prior_events = [component_event(*c) for c in prior]
 
     def coarse(sigma: float) -> float:
-        return epsilon_pld([dp_sgd_event(sigma, sampling_rate, steps), hist], delta, 10 * PLD_DISCRETISATION)
+        return epsilon_pld([dp_sgd_event(sigma, sampling_rate, steps), *prior_events], delta, 10 * PLD_DISCRETISATION)
 
     def worst(sigma: float) -> tuple[float, float, float]:
-        pld, prv = composed_epsilons(sigma, sampling_rate, steps, histogram_sigma, delta)
+        pld, prv = composed_epsilons([(sigma, sampling_rate, steps), *prior], delta)
         return max(pld, prv), pld, prv
 
-    floor = epsilon_pld([hist], delta)
+    floor = epsilon_pld(prior_events, delta) if prior_events else 0.0
     if floor >= target_epsilon:
         raise PrivacyConfigError(
-            f"privacy.epsilon={target_epsilon} cannot be met: the histogram alone (histogram.sigma="
-            f"{histogram_sigma}) spends epsilon {floor:.3f} at delta {delta}; raise histogram.sigma or epsilon")
+            f"{target_name}={target_epsilon} cannot be met: {prior_label} alone spend(s) epsilon {floor:.3f} at "
+            f"delta {delta}{hint}")
     lo, hi = _bisect(coarse, target_epsilon, tolerance)
     # Second pass on both accountants. Epsilon is smooth in sigma: a secant step from the coarse
     # bracket aims just inside the target, then a bisection closes in (each evaluation ~1 s).
@@ -154,7 +168,7 @@ def _bisect(epsilon_of, target: float, tolerance: float) -> tuple[float, float]:
         while epsilon_of(hi) > target:
             lo, hi = hi, hi * 2
             if hi > 1e4:
-                raise PrivacyConfigError(f"privacy.epsilon={target} needs a noise multiplier above 1e4")
+                raise PrivacyConfigError(f"epsilon={target} needs a noise multiplier above 1e4")
     else:
         while epsilon_of(lo) <= target:
             lo, hi = lo / 2, lo
@@ -232,6 +246,66 @@ def plan_generator(privacy: dict, histogram: dict, *, n_records: int, sampling_r
         return GeneratorPlan(False, 0.0, math.inf, q, steps, expected_batch_size, delta, epsilon, 0.0, math.inf,
                              math.inf)
     hist_sigma = histogram_noise(privacy, histogram, n_records)
-    sigma, composed, composed_prv = calibrate_noise_multiplier(epsilon, delta, q, steps, hist_sigma)
+    sigma, composed, composed_prv = calibrate_noise_multiplier(
+        epsilon, delta, q, steps, [(hist_sigma, 1.0, 1)],
+        prior_label=f"the histogram (histogram.sigma={hist_sigma})", hint="; raise histogram.sigma or privacy.epsilon")
     return GeneratorPlan(True, sigma, clip_norm, q, steps, expected_batch_size, delta, epsilon, hist_sigma,
                          round_up(composed), round_up(composed_prv))
+
+
+@dataclass(frozen=True)
+class DPSGDPlan:
+    """A DP-SGD mechanism's settings (DP-SFT, DP-PPO), fixed before training to meet its budget.
+
+    ``noise_multiplier`` is per gradient step. A sampled batch used for ``epochs_per_batch``
+    gradient steps (PPO epochs) is ``epochs_per_batch`` Gaussian mechanisms on one Poisson sample,
+    i.e. one Gaussian of multiplier ``noise_multiplier / sqrt(epochs_per_batch)``: the
+    ``effective_noise_multiplier`` the ledger and the accountants use.
+    """
+    private: bool
+    noise_multiplier: float
+    clip_norm: float
+    sampling_rate: float
+    steps: int
+    epochs_per_batch: int
+    expected_batch_size: float
+    delta: float
+    target_epsilon: float
+    composed_epsilon: float       # PLD, with the prior mechanisms on the same records
+    composed_epsilon_prv: float
+
+    @property
+    def effective_noise_multiplier(self) -> float:
+        return self.noise_multiplier / math.sqrt(self.epochs_per_batch)
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def plan_dp_sgd(budget: dict | None, *, budget_name: str, n_records: int, sampling_rate: float, steps: int,
+                clip_norm: float, expected_batch_size: float, epochs_per_batch: int = 1,
+                prior: list[Component] = (), prior_label: str = "the mechanisms before it on these records"
+                ) -> DPSGDPlan:
+    """Budget first for a DP-SGD stage: calibrate its noise so that it and the ``prior``
+    components on the same records (empty for a disjoint partition) meet ``budget`` (epsilon,
+    delta) by both accountants. Refuses a missing budget param, delta >= 1/N, q outside (0, 1],
+    non-positive steps, batch or epochs, and a budget the prior alone spends."""
+    from dpinstruct.io.params import as_float
+
+    for key in ("epsilon", "delta"):
+        if budget is None or budget.get(key) is None:
+            raise PrivacyConfigError(f"params.yaml must set {budget_name}.{key} (epsilon .inf for a non-private run)")
+    epsilon, delta = as_float(budget["epsilon"]), as_float(budget["delta"])
+    if not 0 < sampling_rate <= 1:
+        raise PrivacyConfigError(f"sampling_rate={sampling_rate} must be in (0, 1]")
+    if steps < 1 or epochs_per_batch < 1 or not expected_batch_size > 0 or epsilon <= 0:
+        raise PrivacyConfigError(f"steps ({steps}), epochs_per_batch ({epochs_per_batch}), expected_batch_size "
+                                 f"({expected_batch_size}) and {budget_name}.epsilon ({epsilon}) must be positive")
+    if math.isinf(epsilon):
+        return DPSGDPlan(False, 0.0, math.inf, sampling_rate, steps, epochs_per_batch, expected_batch_size, delta,
+                         epsilon, math.inf, math.inf)
+    check_delta(delta, n_records, f"{budget_name}.delta")
+    effective, composed, composed_prv = calibrate_noise_multiplier(
+        epsilon, delta, sampling_rate, steps, list(prior), prior_label=prior_label, target_name=f"{budget_name}.epsilon")
+    return DPSGDPlan(True, effective * math.sqrt(epochs_per_batch), clip_norm, sampling_rate, steps, epochs_per_batch,
+                     expected_batch_size, delta, epsilon, round_up(composed), round_up(composed_prv))

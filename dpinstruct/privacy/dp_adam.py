@@ -141,7 +141,16 @@ class DPAdam:
         self.device_type = params[0].device.type
         self.autocast_bf16 = autocast_bf16
 
-    def step(self, micro: list[dict[str, torch.Tensor]]) -> StepResult:
+    def step(self, micro: list[dict[str, torch.Tensor]], loss_fn=None) -> StepResult:
+        """One logical step over the micro-batches of one Poisson sample.
+
+        ``loss_fn(model, batch) -> [rows]`` gives each row's loss (default: ``per_example_loss``).
+        When a batch carries ``unit`` ([rows] ints), the rows of one unit are ONE privacy unit (a
+        PPO prompt and all its rollouts): their per-row gradients are averaged into one per unit
+        before opacus clips, so that each unit, not each row, is clipped to C. A unit must not
+        span two micro-batches.
+        """
+        loss_fn = loss_fn or per_example_loss
         self.model.train()
         if not micro:
             # Empty Poisson batch: the step still happens and releases pure noise.
@@ -154,16 +163,36 @@ class DPAdam:
         for i, batch in enumerate(micro):
             batch = {k: v.to(self.device_type) for k, v in batch.items()}
             with torch.autocast(self.device_type, dtype=torch.bfloat16, enabled=self.autocast_bf16):
-                losses = per_example_loss(self.model, batch)
+                losses = loss_fn(self.model, batch)
             losses.mean().backward()
             if self.autocast_bf16:
                 # Clip in fp32: a norm computed in bf16 can under-state the true norm by ~0.4%,
                 # which would break the sensitivity bound C.
                 for p in self.optimizer.params:
                     p.grad_sample = p.grad_sample.float()
-            total, rows = total + losses.detach().sum().item(), rows + len(losses)
+            if "unit" in batch:
+                units = group_by_unit(self.optimizer.params, batch["unit"])
+                total, rows = total + _unit_means(losses.detach(), batch["unit"]).sum().item(), rows + units
+            else:
+                total, rows = total + losses.detach().sum().item(), rows + len(losses)
             if i < len(micro) - 1:
                 self.optimizer.signal_skip_step(True)
             self.optimizer.step()
             self.optimizer.zero_grad()
         return StepResult(rows, total / rows)
+
+
+def group_by_unit(params, unit: torch.Tensor) -> int:
+    """Replace each parameter's per-row gradients [rows, ...] by per-unit ones [units, ...], the mean
+    over each unit's rows (a unit's gradient is that of its mean loss); returns the unit count."""
+    _, inverse, counts = torch.unique(unit, return_inverse=True, return_counts=True)
+    for p in params:
+        rows = p.grad_sample
+        summed = rows.new_zeros((len(counts), *rows.shape[1:])).index_add_(0, inverse, rows)
+        p.grad_sample = summed / counts.to(rows.dtype).view(-1, *([1] * (rows.dim() - 1)))
+    return len(counts)
+
+
+def _unit_means(values: torch.Tensor, unit: torch.Tensor) -> torch.Tensor:
+    _, inverse, counts = torch.unique(unit, return_inverse=True, return_counts=True)
+    return values.new_zeros(len(counts)).index_add_(0, inverse, values) / counts.to(values.dtype)

@@ -57,12 +57,14 @@ def finite(x):
     return x
 
 
-def make_entry(*, stage: str, mechanism: str, noise_multiplier: float, sampling_rate: float, steps: int,
-               sensitivity: float, delta: float, event: dp_accounting.DpEvent, **extra) -> dict:
-    """A ledger entry with this stage's own epsilon (PLD) and its PRV cross-check."""
+def make_entry(*, stage: str, mechanism: str, dataset: str, partition: str, noise_multiplier: float,
+               sampling_rate: float, steps: int, sensitivity: float, delta: float, event: dp_accounting.DpEvent,
+               **extra) -> dict:
+    """A ledger entry with this stage's own epsilon (PLD) and its PRV cross-check. ``dataset`` and
+    ``partition`` say which private records it touches (``composition`` composes by them)."""
     private = noise_multiplier > 0
     return finite({
-        "stage": stage, "mechanism": mechanism, "private": private,
+        "stage": stage, "mechanism": mechanism, "private": private, "dataset": dataset, "partition": partition,
         "noise_multiplier": noise_multiplier, "sampling_rate": sampling_rate, "steps": steps,
         "sensitivity": sensitivity, "noise_std": noise_multiplier * sensitivity if private else 0.0,
         "neighbouring": NEIGHBOURING, "delta": delta,

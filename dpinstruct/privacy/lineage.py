@@ -11,9 +11,10 @@ Classes (``meta.privacy`` of each stage in dvc.yaml, and ``dpinstruct.privacy`` 
   public   derived from public inputs only.
 A mechanism stage lists its dp outputs in ``meta.dp_outputs``; its other outputs (e.g. un-noised
 training curves) are private. It lists the private inputs its mechanism protects in
-``meta.dp_inputs``. Inputs no stage produces: the resolved ``data.private_path`` is private;
-``data.public_path``, code under stages/ and dpinstruct/ and params.yaml are public; ANY OTHER raw input counts as
-private (fail safe: a new input is private until it is declared in params.yaml as the public set).
+``meta.dp_inputs``. Inputs no stage produces: a ``private_path`` of params.yaml (``data.private_path``,
+``rl.data.private_path``) is private; a ``public_path``, the code under stages/ and dpinstruct/ and
+params.yaml are public; ANY OTHER raw input counts as private (fail safe: a new input is private
+until params.yaml declares it as a ``public_path``).
 
 Rules:
   * on every edge (dependency D -> stage S): S private: anything; S public: D public; S dp: D dp
@@ -95,10 +96,26 @@ def artifacts(stages) -> dict[str, Artifact]:
     return found
 
 
-def raw_class(path: str, data: dict) -> str:
-    if path == _norm(str(data.get("private_path", ""))):
+def declared_raw(params: dict) -> dict[str, set[str]]:
+    """Raw inputs params.yaml declares: every ``private_path`` and ``public_path`` value, in any
+    section (``data``, ``rl.data``, ...)."""
+    found = {"private_path": set(), "public_path": set()}
+
+    def visit(node):
+        if isinstance(node, dict):
+            for k, v in node.items():
+                if k in found and isinstance(v, str):
+                    found[k].add(_norm(v))
+                visit(v)
+
+    visit(params)
+    return found
+
+
+def raw_class(path: str, raw: dict[str, set[str]]) -> str:
+    if path in raw["private_path"]:
         return "private"
-    if path == _norm(str(data.get("public_path", ""))) or path.startswith(CODE) or path == "params.yaml":
+    if path in raw["public_path"] or path.startswith(CODE) or path == "params.yaml":
         return "public"
     return "private"
 
@@ -110,7 +127,7 @@ def check(root: Path | str = ".", stages=None) -> tuple[list[str], dict[str, Art
     root = Path(root)
     stages = stages if stages is not None else load_stages(root)
     params = yaml.safe_load((root / "params.yaml").read_text()) if (root / "params.yaml").exists() else {}
-    data = params.get("data", {})
+    data = declared_raw(params)
     arts, problems = artifacts(stages), []
     by_stage = {s.name: s for s in stages}
     for s in _topological(stages, arts):

@@ -53,7 +53,7 @@ def independent_epsilons(sigma, q, steps, hist, delta):
 @pytest.mark.parametrize("target", [1.0, 3.0, 6.0])
 def test_calibration_meets_the_composed_target_by_both_accountants(target):
     q, steps, delta, hist = 0.0334, 15, 1e-5, 10.0
-    sigma, pld, prv = acct.calibrate_noise_multiplier(target, delta, q, steps, hist)
+    sigma, pld, prv = acct.calibrate_noise_multiplier(target, delta, q, steps, [(hist, 1.0, 1)])
     # inverse check, computed independently of calibrate: sigma -> epsilon <= target, tightly
     again_pld, again_prv = independent_epsilons(sigma, q, steps, hist, delta)
     assert again_pld == pytest.approx(pld) and again_prv == pytest.approx(prv)
@@ -87,7 +87,7 @@ def plan(privacy, hist, n=10000, q=0.01, batch=100.0):
 @pytest.mark.parametrize("privacy, hist, n, q, batch, message", [
     ({"epsilon": 6.0, "delta": 1e-3}, HIST, 1000, 0.1, 100, r"delta=0.001 must be in \(0, 1/N\)"),
     ({"epsilon": 6.0, "delta": 1e-4}, HIST, 10000, 0.01, 100, r"must be in \(0, 1/N\)"),  # delta == 1/N
-    ({"epsilon": 0.02, "delta": 1e-6}, {"sigma": 1.0}, 10000, 0.01, 100, r"histogram alone .* spends epsilon"),
+    ({"epsilon": 0.02, "delta": 1e-6}, {"sigma": 1.0}, 10000, 0.01, 100, r"histogram \(histogram.sigma=1.0\) alone spend\(s\) epsilon"),
     ({"delta": 1e-6}, HIST, 10000, 0.01, 100, r"must set privacy.epsilon"),
     ({"epsilon": 6.0}, HIST, 10000, 0.01, 100, r"must set privacy.delta"),
     ({"epsilon": 6.0, "delta": 1e-6}, {}, 10000, 0.01, 100, r"must set histogram.sigma"),
@@ -119,8 +119,9 @@ def test_round_up_never_understates():
 
 def test_ledger_entry_round_trips_its_event_and_is_strict_json():
     event = acct.dp_sgd_event(0.7, 0.05, 40)
-    entry = ledger.make_entry(stage="s", mechanism="poisson_subsampled_gaussian", noise_multiplier=0.7,
-                              sampling_rate=0.05, steps=40, sensitivity=0.5, delta=1e-5, event=event)
+    entry = ledger.make_entry(stage="s", mechanism="poisson_subsampled_gaussian", dataset="d", partition="all",
+                              noise_multiplier=0.7, sampling_rate=0.05, steps=40, sensitivity=0.5, delta=1e-5,
+                              event=event)
     text = json.dumps(entry, allow_nan=False)
     back = json.loads(text)
     assert ledger.event_from_json(back["dp_event"]) == event
@@ -128,8 +129,8 @@ def test_ledger_entry_round_trips_its_event_and_is_strict_json():
         dp_accounting.pld.PLDAccountant().compose(event).get_epsilon(1e-5), rel=1e-6)
     assert "n_records" not in back and back["dataset_size"].startswith("not published")
     assert back["noise_std"] == pytest.approx(0.35)
-    nonprivate = ledger.make_entry(stage="s", mechanism="poisson_subsampled_gaussian", noise_multiplier=0.0,
-                                   sampling_rate=0.05, steps=40, sensitivity=math.inf, delta=1e-5,
+    nonprivate = ledger.make_entry(stage="s", mechanism="poisson_subsampled_gaussian", dataset="d", partition="all",
+                                   noise_multiplier=0.0, sampling_rate=0.05, steps=40, sensitivity=math.inf, delta=1e-5,
                                    event=acct.dp_sgd_event(0.0, 0.05, 40))
     assert json.loads(json.dumps(nonprivate, allow_nan=False))["epsilon"] == "inf"
     assert nonprivate["private"] is False

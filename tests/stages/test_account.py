@@ -19,22 +19,34 @@ from stages import account
 Q, T, SIGMA, HIST, DELTA = 0.0334, 15, 0.56, 10.0, 1e-5
 
 
-def write_ledger(sigma=SIGMA, hist=HIST, delta=DELTA, stages=("train_generator", "histogram")):
+IMDB = {"dp_sft": ("sft", 0.9, 0.005, 12), "dp_ppo": ("ppo", 0.8, 0.005, 10)}  # partition, sigma, q, steps
+
+
+def write_ledger(sigma=SIGMA, hist=HIST, delta=DELTA, stages=("train_generator", "histogram", "dp_sft", "dp_ppo"),
+                 rl_delta=DELTA, ppo_partition="ppo"):
     Path("metrics/privacy").mkdir(parents=True, exist_ok=True)
     entries = {
         "train_generator": ledger.make_entry(stage="train_generator", mechanism="poisson_subsampled_gaussian",
-                                             noise_multiplier=sigma, sampling_rate=Q, steps=T, sensitivity=0.5,
-                                             delta=delta, event=acct.dp_sgd_event(sigma, Q, T)),
-        "histogram": ledger.make_entry(stage="histogram", mechanism="gaussian", noise_multiplier=hist, sampling_rate=1.0,
-                                       steps=1, sensitivity=1.0, delta=delta, event=acct.histogram_event(hist)),
+                                             dataset="instructions", partition="all", noise_multiplier=sigma,
+                                             sampling_rate=Q, steps=T, sensitivity=0.5, delta=delta,
+                                             event=acct.dp_sgd_event(sigma, Q, T)),
+        "histogram": ledger.make_entry(stage="histogram", mechanism="gaussian", dataset="instructions", partition="all",
+                                       noise_multiplier=hist, sampling_rate=1.0, steps=1, sensitivity=1.0, delta=delta,
+                                       event=acct.histogram_event(hist)),
     }
+    for name, (partition, s, q, t) in IMDB.items():
+        entries[name] = ledger.make_entry(stage=name, mechanism="poisson_subsampled_gaussian", dataset="imdb",
+                                          partition=ppo_partition if name == "dp_ppo" else partition,
+                                          noise_multiplier=s, sampling_rate=q, steps=t, sensitivity=1.0,
+                                          delta=rl_delta, event=acct.dp_sgd_event(s, q, t))
     for name in stages:
         Path(ledger.entry_path(name)).write_text(json.dumps(entries[name]))
 
 
-def run(epsilon=6.0, delta=DELTA):
+def run(epsilon=6.0, delta=DELTA, rl_epsilon=4.0):
     with Outputs() as out:
-        return account.account({"privacy": {"epsilon": epsilon, "delta": delta}}, out)
+        return account.account({"privacy": {"epsilon": epsilon, "delta": delta},
+                                "rl": {"privacy": {"epsilon": rl_epsilon, "delta": DELTA}}}, out)
 
 
 def test_account_equals_independent_dp_accounting(tmp_path, monkeypatch):
@@ -89,3 +101,33 @@ def test_non_private_release(tmp_path, monkeypatch):
     write_ledger(sigma=0.0, hist=0.0)
     result = run(epsilon=math.inf)
     assert result["epsilon"] == "inf" and result["private"] is False and result["within_budget"] is True
+
+
+def independent_imdb(*stages):
+    accountant = pld_privacy_accountant.PLDAccountant(value_discretization_interval=1e-4)
+    for name in stages:
+        _, sigma, q, steps = IMDB[name]
+        accountant.compose(dp_accounting.SelfComposedDpEvent(
+            dp_accounting.PoissonSampledDpEvent(q, dp_accounting.GaussianDpEvent(sigma)), steps))
+    return accountant.get_epsilon(DELTA)
+
+
+def test_one_guarantee_per_dataset_parallel_across_disjoint_parts(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    write_ledger()
+    result = run()
+    imdb = result["datasets"]["imdb"]
+    assert imdb["epsilon"] == pytest.approx(max(independent_imdb("dp_sft"), independent_imdb("dp_ppo")), abs=1e-8)
+    assert set(imdb["partitions"]) == {"sft", "ppo"} and imdb["budget"] == "rl.privacy"
+    # the release's guarantee does not move with the other dataset
+    assert result["epsilon"] == result["datasets"]["instructions"]["epsilon"]
+    assert result["stages"]["dp_ppo"]["dataset"] == "imdb" and result["stages"]["dp_ppo"]["partition"] == "ppo"
+
+
+def test_a_shared_part_composes_sequentially_and_is_held_to_its_budget(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    write_ledger(ppo_partition="sft")
+    both = independent_imdb("dp_sft", "dp_ppo")
+    assert run(rl_epsilon=10.0)["datasets"]["imdb"]["epsilon"] == pytest.approx(both, abs=1e-8)
+    with pytest.raises(PrivacyConfigError, match="dataset imdb: composed epsilon .* exceeds rl.privacy.epsilon"):
+        run(rl_epsilon=both - 0.1)

@@ -43,7 +43,8 @@ def test_release_from_real_data(project, embedder_dir):
         step(lambda params, out, n=name: embed.embed(n, params, out), p)
     step(cluster.cluster, p)
     plan = train_generator.plan(p, 200)  # the generator's ledger entry as the stage would write it
-    entry = ledger.make_entry(stage="train_generator", mechanism="poisson_subsampled_gaussian",
+    entry = ledger.make_entry(stage="train_generator", mechanism="poisson_subsampled_gaussian", dataset="instructions",
+                              partition="all",
                               noise_multiplier=plan.noise_multiplier, sampling_rate=plan.sampling_rate, steps=plan.steps,
                               sensitivity=plan.clip_norm, delta=plan.delta,
                               event=acct.dp_sgd_event(plan.noise_multiplier, plan.sampling_rate, plan.steps))

@@ -1,0 +1,67 @@
+"""The frame of a DP training stage: secret-keyed streams, resumable steps, epsilon as it is spent.
+
+``DPLoop`` gives a stage the two DP random streams it draws from (Poisson sampling and noise,
+bound to the stage's params hash and the digests of its private inputs; ``randomness``), the run
+key that decides whether a checkpoint may be resumed, and an iterator over the remaining steps that
+logs each step's metrics and the epsilon spent so far to DVCLive and saves a checkpoint every
+``checkpoint_every`` steps. A killed stage therefore resumes bit for bit: no step is ever re-drawn
+with fresh noise. The body of a step is the stage's own (a batch of examples, or PPO rollouts).
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from tqdm import tqdm
+
+from dpinstruct.io import checkpoint
+from dpinstruct.io.params import params_hash
+from dpinstruct.privacy import accounting as acct
+from dpinstruct.privacy.randomness import DPRandom
+
+log = logging.getLogger(__name__)
+
+
+class DPLoop:
+    def __init__(self, stage: str, *, privacy: dict | None, binding: tuple, run_key_parts: tuple, steps: int,
+                 noise_multiplier: float, sampling_rate: float, delta: float, checkpoint_dir: Path | str,
+                 live_dir: Path | str, checkpoint_every: int):
+        self.sampler = DPRandom.for_purpose(f"{stage}/poisson", *binding, privacy=privacy)
+        self.noise = DPRandom.for_purpose(f"{stage}/noise", *binding, privacy=privacy)
+        # A checkpoint is resumed only by the very same run: params, plan, data, weights, code and key.
+        self.run_key = params_hash(*run_key_parts, self.sampler.resume_tag(), self.noise.resume_tag())
+        self.steps, self.noise_multiplier, self.sampling_rate, self.delta = steps, noise_multiplier, sampling_rate, delta
+        self.checkpoint_dir, self.live_dir, self.checkpoint_every = Path(checkpoint_dir), str(live_dir), checkpoint_every
+        self.metrics: dict = {}
+
+    def streams(self) -> dict:
+        return {"poisson": self.sampler, "noise": self.noise}
+
+    def iterate(self, *, model, optimizer, extra_streams: dict | None = None, summary: dict | None = None,
+                desc: str = "DP steps"):
+        """Yield the step numbers still to run, resuming from a checkpoint of this run; after each
+        step, log ``self.metrics`` (set by the body) and epsilon, and checkpoint when due."""
+        from dvclive import Live
+
+        streams = {**self.streams(), **(extra_streams or {})}
+        state = checkpoint.load(self.checkpoint_dir, self.run_key)
+        start = checkpoint.restore(state, model=model, optimizer=optimizer, streams=streams) if state else 0
+        spent = acct.RunningEpsilon(self.noise_multiplier, self.sampling_rate, self.delta, steps_done=start)
+        live = Live(self.live_dir, resume=start > 0, save_dvc_exp=False, dvcyaml=None, report=None)
+        live.summary.update(summary or {})
+        bar = tqdm(range(start, self.steps), initial=start, total=self.steps, desc=desc, unit="step")
+        for step in bar:
+            self.metrics = {}
+            yield step
+            eps = spent.step()
+            bar.set_postfix({k: (f"{v:.3f}" if isinstance(v, float) else v) for k, v in self.metrics.items()},
+                            eps=f"{eps:.2f}")
+            for name, value in self.metrics.items():
+                live.log_metric(name, value)
+            if self.noise_multiplier > 0:
+                live.log_metric("epsilon", eps)
+            live.next_step()
+            if (step + 1) % self.checkpoint_every == 0 and step + 1 < self.steps:
+                checkpoint.save(self.checkpoint_dir, step=step + 1, run_key=self.run_key, model=model,
+                                optimizer=optimizer, streams=streams)
+        live.end()

@@ -1,0 +1,149 @@
+"""Stage `dp_ppo` (Wu et al., step 2 of task (i)): DP-PPO of a LoRA policy toward positive reviews.
+
+The policy is the DP-SFT model (base + data/adapters/dp_sft, merged) with a fresh LoRA adapter;
+the reference is the same model with that adapter disabled (the frozen DP-SFT model). The privacy
+unit is one private prompt (the opening of one review of the ``partition`` part of
+data/rl/prompts.parquet): every step Poisson-samples prompts at ``sampling_rate``, draws
+``rollouts`` continuations of each (dpinstruct/rl/ppo.py), rewards them with the public sentiment
+classifier, shapes the reward with a KL penalty to the reference, subtracts the mean of the prompt's
+own rollouts, and DP-Adam clips the gradient of the prompt's whole contribution to C as ONE example
+and adds the noise once per step. Budget first: on its own part the stage meets ``rl.privacy``
+alone (parallel composition with DP-SFT); on the SFT part (``partition: sft``) it composes with
+DP-SFT's ledger entry and is refused when DP-SFT already spends the budget. Writes
+data/adapters/dp_ppo (dp), its ledger entry and DVCLive curves (reward, KL, epsilon; private:
+computed on private prompts).
+"""
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from dpinstruct.io import params as P
+from dpinstruct.io.artifacts import file_digest
+from dpinstruct.io.errors import ConfigError, InputError
+from dpinstruct.io.runner import run_stage
+from dpinstruct.models.loading import GENERATOR_DIR
+from dpinstruct.models.lora import lora_model, merged_model, save_adapter
+from dpinstruct.privacy import accounting as acct
+from dpinstruct.privacy import dp_adam, ledger
+from dpinstruct.privacy.dp_adam import DPAdam, poisson_sample
+from dpinstruct.privacy.dp_loop import DPLoop
+from dpinstruct.rl import ppo
+from dpinstruct.rl import reward as reward_model
+from dpinstruct.rl.reward import SentimentReward
+
+log = logging.getLogger("stages.dp_ppo")
+STAGE, DATASET = "dp_ppo", "imdb"
+PROMPTS = Path("data/rl/prompts.parquet")
+SFT_ADAPTER = Path("data/adapters/dp_sft")
+SFT_LEDGER = Path("metrics/privacy/dp_sft.json")
+REWARD_DIR = Path("data/models/sentiment_reward")
+ADAPTER_DIR = Path("data/adapters/dp_ppo")
+CHECKPOINT_DIR = Path("data/checkpoints/dp_ppo")
+LIVE_DIR = Path("dvclive/dp_ppo")
+
+
+def settings(cfg: dict) -> ppo.PPOSettings:
+    s = ppo.PPOSettings(rollouts=int(cfg["rollouts"]), new_tokens=int(cfg["new_tokens"]),
+                        temperature=P.as_float(cfg["temperature"]), top_p=P.as_float(cfg["top_p"]),
+                        kl_coef=P.as_float(cfg["kl_coef"]), clip_range=P.as_float(cfg["clip_range"]))
+    if s.rollouts < 2 or s.new_tokens < 1 or not s.temperature > 0 or s.kl_coef < 0 or not s.clip_range > 0:
+        raise ConfigError("rl.dp_ppo", "need rollouts >= 2 (the baseline is their mean), new_tokens >= 1, "
+                                       f"temperature > 0, kl_coef >= 0, clip_range > 0; got {s}")
+    return s
+
+
+def plan(params: dict, n_records: int) -> acct.DPSGDPlan:
+    cfg = params["rl"][STAGE]
+    prior = []
+    sft = json.loads(SFT_LEDGER.read_text())
+    if cfg["partition"] == sft["partition"]:  # the same records as DP-SFT: sequential composition
+        prior = [(P.as_float(sft["noise_multiplier"]), P.as_float(sft["sampling_rate"]), int(sft["steps"]))]
+    return acct.plan_dp_sgd(params["rl"].get("privacy"), budget_name="rl.privacy", n_records=n_records,
+                            sampling_rate=P.as_float(cfg["sampling_rate"]), steps=int(cfg["steps"]),
+                            clip_norm=P.as_float(cfg["clip_norm"]), expected_batch_size=P.as_float(cfg["expected_batch_size"]),
+                            epochs_per_batch=int(cfg["epochs_per_batch"]), prior=prior,
+                            prior_label=f"dp_sft on the same part ({sft['partition']})")
+
+
+def micro_batches(ids: torch.Tensor, old_logp: torch.Tensor, adv: np.ndarray, k: int, per_micro: int) -> list[dict]:
+    """Whole prompts per micro-batch (a prompt's k rollouts never straddle two)."""
+    rows = per_micro * k
+    return [{"input_ids": ids[i:i + rows], "old_logp": old_logp[i:i + rows],
+             "advantage": torch.tensor(adv[i:i + rows], dtype=torch.float32),
+             "unit": torch.arange(i // k, (i + len(ids[i:i + rows])) // k).repeat_interleave(k)}
+            for i in range(0, len(ids), rows)]
+
+
+def dp_ppo(params: dict, out) -> dict:
+    cfg = params["rl"][STAGE]
+    s = settings(cfg)
+    phash = P.params_hash(cfg, params["rl"].get("privacy"))
+    prompts = pd.read_parquet(PROMPTS)
+    prompts = prompts[prompts.partition == cfg["partition"]].reset_index(drop=True)
+    if prompts.empty:
+        raise InputError(PROMPTS, f"no prompt in part {cfg['partition']!r} (rl.dp_ppo.partition)", field="partition")
+    p = plan(params, len(prompts))  # refuses unsafe settings before any model work
+    log.info("plan: q=%.4g T=%d sigma=%.4f (x%d epochs) C=%s -> epsilon %.3f (PLD), %.3f (PRV) at delta %g",
+             p.sampling_rate, p.steps, p.noise_multiplier, p.epochs_per_batch, p.clip_norm, p.composed_epsilon,
+             p.composed_epsilon_prv, p.delta)
+    rollout_stream = ppo.TorchGeneratorStream(int(cfg["seed"]))  # public: sampling, not DP noise
+    loop = DPLoop(STAGE, privacy=params["rl"].get("privacy"), binding=(phash, file_digest(PROMPTS)),
+                  run_key_parts=(phash, p.as_dict(), file_digest(PROMPTS), file_digest(SFT_ADAPTER / "adapter_model.safetensors"),
+                                 file_digest(REWARD_DIR / reward_model.MODEL_FILE), file_digest(__file__),
+                                 file_digest(ppo.__file__), file_digest(dp_adam.__file__)),
+                  steps=p.steps, noise_multiplier=p.effective_noise_multiplier, sampling_rate=p.sampling_rate,
+                  delta=p.delta, checkpoint_dir=CHECKPOINT_DIR, live_dir=LIVE_DIR,
+                  checkpoint_every=int(cfg["checkpoint_every"]))
+    torch.manual_seed(int(cfg["seed"]))  # LoRA init only
+    policy, tokenizer = lora_model(merged_model(GENERATOR_DIR, SFT_ADAPTER), cfg["lora"])
+    reward = SentimentReward.load(REWARD_DIR)
+    dp = DPAdam(policy, lr=P.as_float(cfg["lr"]), noise_multiplier=p.noise_multiplier, clip_norm=p.clip_norm,
+                expected_batch_size=p.expected_batch_size, noise=loop.noise)
+    prompt_ids = prompts.prompt_ids.map(list).tolist()
+    prompt_len = len(prompt_ids[0])
+    loss_fn = ppo.ppo_loss(s.clip_range, prompt_len)
+    for _ in loop.iterate(model=policy, optimizer=dp.optimizer, extra_streams={"rollouts": rollout_stream},
+                          desc="DP-PPO steps"):
+        idx = poisson_sample(loop.sampler, len(prompt_ids), p.sampling_rate)
+        if len(idx) == 0:
+            for _epoch in range(p.epochs_per_batch):
+                dp.step([])  # an empty Poisson batch still takes its noise-only steps
+            loop.metrics.update(batch_size=0)
+            continue
+        ids = ppo.rollouts(policy, [prompt_ids[i] for i in idx], s, rollout_stream.generator)
+        texts = tokenizer.batch_decode(ids[:, prompt_len:], skip_special_tokens=True)
+        rewards = reward.logits(texts)
+        old_logp = ppo.policy_logprobs(policy, ids, prompt_len)
+        kl = ppo.kl_to_reference(old_logp, ppo.reference_logprobs(policy, ids, prompt_len)).numpy()
+        adv = ppo.advantages(rewards, kl, s.rollouts, s.kl_coef)
+        micro = micro_batches(ids, old_logp, adv, s.rollouts, int(cfg["prompts_per_micro"]))
+        for _epoch in range(p.epochs_per_batch):
+            result = dp.step(micro, loss_fn=loss_fn)
+        loop.metrics.update(reward=float(rewards.mean()), kl=float(kl.mean()), batch_size=result.batch_size)
+    save_adapter(policy, out.path(ADAPTER_DIR))
+    entry = ledger.make_entry(stage=STAGE, mechanism="poisson_subsampled_gaussian", dataset=DATASET,
+                              partition=cfg["partition"], noise_multiplier=p.effective_noise_multiplier,
+                              sampling_rate=p.sampling_rate, steps=p.steps, sensitivity=p.clip_norm, delta=p.delta,
+                              event=acct.dp_sgd_event(p.effective_noise_multiplier, p.sampling_rate, p.steps),
+                              epochs_per_batch=p.epochs_per_batch, noise_multiplier_per_epoch=p.noise_multiplier,
+                              privacy_unit="one prompt (all its rollouts)", plan=p.as_dict(),
+                              secure_mode=not loop.noise.replayable, params_hash=phash)
+    out.write_json(entry, ledger.entry_path(STAGE))
+    log.info("dp_ppo: epsilon %s (PRV %s) on partition %s of %s", entry["epsilon"], entry["epsilon_prv"],
+             cfg["partition"], DATASET)
+    return entry
+
+
+def main() -> None:
+    with run_stage(STAGE) as out:
+        dp_ppo(P.load(), out)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,88 @@
+"""Stage `dp_sft` (Wu et al., step 1): DP-LoRA SFT of the policy on the private SFT part of IMDb.
+
+The base generator learns to write movie reviews from data/rl/sft.parquet (the opening
+``sft_tokens`` tokens of each review in the SFT part), with the same DP-Adam trainer as
+`train_generator` (Poisson sampling at ``sampling_rate``, per-review clipping, noise once per step,
+secret-keyed randomness, resumable checkpoints): the privacy unit is one review. Budget first: the
+noise is calibrated so that this stage meets ``rl.privacy`` alone; DP-PPO reads a disjoint part, so
+the two compose in parallel. Writes data/adapters/dp_sft (dp), its ledger entry (dataset imdb,
+partition sft) and DVCLive curves (private: losses of private batches).
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from dpinstruct.io import params as P
+from dpinstruct.io.artifacts import file_digest
+from dpinstruct.io.runner import run_stage
+from dpinstruct.models.loading import GENERATOR_DIR
+from dpinstruct.models.lora import lora_model, save_adapter
+from dpinstruct.privacy import accounting as acct
+from dpinstruct.privacy import dp_adam, ledger
+from dpinstruct.privacy.dp_adam import DPAdam, collate, micro_batches, poisson_sample
+from dpinstruct.privacy.dp_loop import DPLoop
+
+log = logging.getLogger("stages.dp_sft")
+STAGE, DATASET, PARTITION = "dp_sft", "imdb", "sft"
+REVIEWS = Path("data/rl/sft.parquet")
+ADAPTER_DIR = Path("data/adapters/dp_sft")
+CHECKPOINT_DIR = Path("data/checkpoints/dp_sft")
+LIVE_DIR = Path("dvclive/dp_sft")
+
+
+def plan(params: dict, n_records: int) -> acct.DPSGDPlan:
+    cfg = params["rl"][STAGE]
+    return acct.plan_dp_sgd(params["rl"].get("privacy"), budget_name="rl.privacy", n_records=n_records,
+                            sampling_rate=P.as_float(cfg["sampling_rate"]), steps=int(cfg["steps"]),
+                            clip_norm=P.as_float(cfg["clip_norm"]),
+                            expected_batch_size=P.as_float(cfg["expected_batch_size"]))
+
+
+def dp_sft(params: dict, out) -> dict:
+    cfg = params["rl"][STAGE]
+    phash = P.params_hash(cfg, params["rl"].get("privacy"))
+    texts = pd.read_parquet(REVIEWS, columns=["text"]).text.tolist()
+    p = plan(params, len(texts))  # refuses unsafe settings before any model work
+    log.info("plan: q=%.4g T=%d sigma=%.4f C=%s -> epsilon %.3f (PLD), %.3f (PRV) at delta %g", p.sampling_rate,
+             p.steps, p.noise_multiplier, p.clip_norm, p.composed_epsilon, p.composed_epsilon_prv, p.delta)
+    loop = DPLoop(STAGE, privacy=params["rl"].get("privacy"), binding=(phash, file_digest(REVIEWS)),
+                  run_key_parts=(phash, p.as_dict(), file_digest(REVIEWS), file_digest(GENERATOR_DIR / "model.safetensors"),
+                                 file_digest(__file__), file_digest(dp_adam.__file__)),
+                  steps=p.steps, noise_multiplier=p.noise_multiplier, sampling_rate=p.sampling_rate, delta=p.delta,
+                  checkpoint_dir=CHECKPOINT_DIR, live_dir=LIVE_DIR, checkpoint_every=int(cfg["checkpoint_every"]))
+    torch.manual_seed(int(cfg["seed"]))  # LoRA init only
+    model, tokenizer = lora_model(GENERATOR_DIR, cfg["lora"])
+    examples = tokenizer(texts, add_special_tokens=False)["input_ids"]  # the whole text is the target
+    lengths = np.array([len(e) for e in examples])
+    dp = DPAdam(model, lr=P.as_float(cfg["lr"]), noise_multiplier=p.noise_multiplier, clip_norm=p.clip_norm,
+                expected_batch_size=p.expected_batch_size, noise=loop.noise)
+    for _ in loop.iterate(model=model, optimizer=dp.optimizer, desc="DP-SFT steps"):
+        idx = poisson_sample(loop.sampler, len(examples), p.sampling_rate)
+        micro = [collate([examples[i] for i in b], 0, tokenizer.pad_token_id)
+                 for b in micro_batches(idx, lengths, int(cfg["micro_batch_tokens"]))]
+        result = dp.step(micro)
+        loop.metrics.update(loss=result.loss, batch_size=result.batch_size)
+    save_adapter(model, out.path(ADAPTER_DIR))
+    entry = ledger.make_entry(stage=STAGE, mechanism="poisson_subsampled_gaussian", dataset=DATASET,
+                              partition=PARTITION, noise_multiplier=p.effective_noise_multiplier,
+                              sampling_rate=p.sampling_rate, steps=p.steps, sensitivity=p.clip_norm, delta=p.delta,
+                              event=acct.dp_sgd_event(p.effective_noise_multiplier, p.sampling_rate, p.steps),
+                              plan=p.as_dict(), secure_mode=not loop.noise.replayable, params_hash=phash)
+    out.write_json(entry, ledger.entry_path(STAGE))
+    log.info("dp_sft: epsilon %s (PRV %s) on partition %s of %s", entry["epsilon"], entry["epsilon_prv"], PARTITION,
+             DATASET)
+    return entry
+
+
+def main() -> None:
+    with run_stage(STAGE) as out:
+        dp_sft(P.load(), out)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,83 @@
+"""Stage `imdb_prepare`: the PRIVATE IMDb reviews, cleaned and cut into the disjoint DP-SFT and
+DP-PPO parts.
+
+``rl.data.private_path`` (the aclImdb train split) -> data/rl/sft.parquet (the SFT part: id, text,
+the first ``sft_tokens`` generator tokens of each review) and data/rl/prompts.parquet (every
+review's opening, the first ``prompt_tokens`` tokens as text and token ids, with its part; DP-PPO
+reads those of its own part), class private. A review goes to a part by a
+seeded hash of its id alone (``dpinstruct.rl.data.partition_of``), which is what lets the two DP
+stages compose in parallel. Reviews shorter than ``min_tokens`` tokens are dropped (a rule on each
+review alone too). Only counts are logged.
+"""
+from __future__ import annotations
+
+import logging
+
+import pyarrow as pa
+
+from dpinstruct.io import params as P
+from dpinstruct.io import quality
+from dpinstruct.io.artifacts import table_metadata
+from dpinstruct.io.errors import ConfigError, InputError
+from dpinstruct.io.runner import run_stage
+from dpinstruct.models.loading import GENERATOR_DIR, load_tokenizer
+from dpinstruct.rl.data import PROMPT_SCHEMA, opening, partition_of, read_reviews
+
+log = logging.getLogger("stages.imdb_prepare")
+STAGE = "imdb_prepare"
+SFT, PROMPTS = "data/rl/sft.parquet", "data/rl/prompts.parquet"
+METRICS = "metrics/rl/prepare.json"
+SFT_SCHEMA = pa.schema([pa.field("id", pa.string(), nullable=False), pa.field("text", pa.string(), nullable=False),
+                        pa.field("n_tokens", pa.int32(), nullable=False)])
+PROMPTS_SCHEMA = PROMPT_SCHEMA.append(pa.field("partition", pa.string(), nullable=False))
+
+
+def shares(cfg: dict) -> dict[str, float]:
+    parts = {k: P.as_float(v) for k, v in cfg["partitions"].items()}
+    if set(parts) != {"sft", "ppo"} or min(parts.values()) <= 0 or abs(sum(parts.values()) - 1) > 1e-9:
+        raise ConfigError("rl.data.partitions", f"need positive shares of sft and ppo summing to 1, got {parts}")
+    return parts
+
+
+def imdb_prepare(params: dict, out) -> dict:
+    cfg = P.section(P.section(params, "rl"), "data")
+    path = cfg["private_path"]
+    parts = shares(cfg)
+    if not int(cfg["min_tokens"]) >= int(cfg["prompt_tokens"]) >= 1:
+        raise ConfigError("rl.data", f"need min_tokens >= prompt_tokens >= 1, got {cfg['min_tokens']}, "
+                                     f"{cfg['prompt_tokens']}")
+    tokenizer = load_tokenizer(GENERATOR_DIR)
+    reviews = read_reviews(path)
+    ids = tokenizer(reviews.text.tolist(), add_special_tokens=False)["input_ids"]
+    keep = [len(t) >= int(cfg["min_tokens"]) for t in ids]
+    reviews = reviews[keep].reset_index(drop=True)
+    ids = [t for t, k in zip(ids, keep) if k]
+    if reviews.empty:
+        raise InputError(path, "no review left after the length filter")
+    part = reviews.id.map(lambda i: partition_of(i, int(cfg["partition_seed"]), parts))
+    sft_rows = [(r.id, tokenizer.decode(t[:int(cfg["sft_tokens"])]), min(len(t), int(cfg["sft_tokens"])))
+                for r, t, p in zip(reviews.itertuples(), ids, part) if p == "sft"]
+    prompt_rows = [(r.id, tokenizer.decode(opening(t, int(cfg["prompt_tokens"]))), opening(t, int(cfg["prompt_tokens"])),
+                    p) for r, t, p in zip(reviews.itertuples(), ids, part)]
+    phash = P.params_hash(cfg, params["models"]["generator"])
+    for rows, schema, target, name in ((sft_rows, SFT_SCHEMA, SFT, "sft"),
+                                       (prompt_rows, PROMPTS_SCHEMA, PROMPTS, "prompts")):
+        table = pa.table(list(zip(*rows)), schema=schema) if rows else schema.empty_table()
+        report = quality.check(table.to_pandas(), f"rl/{name}", quality.table_rules(columns=schema.names,
+                                                                                    non_null=schema.names))
+        out.write_parquet(table, target, schema, table_metadata(STAGE, phash, "private", source=path))
+        out.write_json(report, quality.report_path(f"rl/{name}"))
+    metrics = {"read": int(len(keep)), "too_short": int(len(keep) - sum(keep)),
+               **{name: int((part == name).sum()) for name in parts}}
+    out.write_json(metrics, METRICS)
+    log.info("private IMDb reviews: %s", metrics)
+    return metrics
+
+
+def main() -> None:
+    with run_stage(STAGE) as out:
+        imdb_prepare(P.load(), out)
+
+
+if __name__ == "__main__":
+    main()

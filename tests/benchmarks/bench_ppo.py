@@ -1,0 +1,80 @@
+"""Benchmark of DP-PPO (issue: DP alignment with RL): rollout new tokens/s, and one DP-PPO step's
+time against the same step without DP.
+
+Run from the repository root after `dvc repro dp_sft sentiment_reward`:
+    .venv/bin/python -m tests.benchmarks.bench_ppo [--prompts 125] [--repeats 3]
+With the stage's params (rollouts, new_tokens, LoRA, micro-batches): `prompts` PPO-part prompts are
+rolled out once (new tokens/s, counted as prompts x rollouts x new_tokens), rewarded and shaped;
+then the same micro-batches take `repeats` DP steps (per-prompt clipping and noise, opacus) and
+`repeats` plain Adam steps on the mean loss; the minimum of each is kept. Prints one JSON.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import time
+
+import numpy as np
+import pandas as pd
+import torch
+
+from dpinstruct.io import params as P
+from dpinstruct.models.loading import GENERATOR_DIR
+from dpinstruct.models.lora import lora_model, merged_model
+from dpinstruct.privacy.dp_adam import DPAdam
+from dpinstruct.privacy.randomness import DPRandom
+from dpinstruct.rl import ppo
+from dpinstruct.rl.reward import SentimentReward
+from stages import dp_ppo as stage
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--prompts", type=int, default=125)
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    cfg = P.load()["rl"]["dp_ppo"]
+    s = stage.settings(cfg)
+    torch.manual_seed(0)
+    policy, tokenizer = lora_model(merged_model(GENERATOR_DIR, stage.SFT_ADAPTER), cfg["lora"])
+    prompts = pd.read_parquet(stage.PROMPTS)
+    prompt_ids = prompts[prompts.partition == cfg["partition"]].prompt_ids.map(list).tolist()[:args.prompts]
+    prompt_len = len(prompt_ids[0])
+    start = time.perf_counter()
+    ids = ppo.rollouts(policy, prompt_ids, s, torch.Generator().manual_seed(0))
+    rollout_seconds = time.perf_counter() - start
+    reward = SentimentReward.load(stage.REWARD_DIR)
+    rewards = reward.logits(tokenizer.batch_decode(ids[:, prompt_len:], skip_special_tokens=True))
+    old = ppo.policy_logprobs(policy, ids, prompt_len)
+    kl = ppo.kl_to_reference(old, ppo.reference_logprobs(policy, ids, prompt_len)).numpy()
+    micro = stage.micro_batches(ids, old, ppo.advantages(rewards, kl, s.rollouts, s.kl_coef), s.rollouts,
+                                int(cfg["prompts_per_micro"]))
+    loss_fn = ppo.ppo_loss(s.clip_range, prompt_len)
+    dp = DPAdam(copy.deepcopy(policy), lr=1e-3, noise_multiplier=1.0, clip_norm=1.0,
+                expected_batch_size=len(prompt_ids), noise=DPRandom(None))
+    private = []
+    for _ in range(args.repeats):
+        start = time.perf_counter()
+        dp.step(micro, loss_fn=loss_fn)
+        private.append(time.perf_counter() - start)
+    plain_model = copy.deepcopy(policy)
+    plain_opt = torch.optim.Adam([p for p in plain_model.parameters() if p.requires_grad], lr=1e-3)
+    plain = []
+    for _ in range(args.repeats):
+        start = time.perf_counter()
+        for m in micro:
+            loss_fn(plain_model, m).mean().backward()
+        plain_opt.step()
+        plain_opt.zero_grad()
+        plain.append(time.perf_counter() - start)
+    new_tokens = len(ids) * s.new_tokens
+    print(json.dumps({"prompts": len(prompt_ids), "rollouts": s.rollouts, "new_tokens": s.new_tokens,
+                      "rollout_tokens_per_s": round(new_tokens / rollout_seconds, 1),
+                      "rollout_seconds": round(rollout_seconds, 2), "dp_step_s": round(min(private), 2),
+                      "plain_step_s": round(min(plain), 2), "ratio": round(min(private) / min(plain), 2),
+                      "mean_reward": float(np.mean(rewards))}, indent=2))
+
+
+if __name__ == "__main__":
+    main()

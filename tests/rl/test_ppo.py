@@ -1,0 +1,95 @@
+"""DP-PPO's privacy mechanics on the real student: one prompt is one clipped example however many
+rollouts it has, the noise goes in once per logical step with the recorded std, the group
+baseline reads only the prompt's own rollouts."""
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+
+from dpinstruct.models.loading import load_generator
+from dpinstruct.models.lora import lora_model
+from dpinstruct.privacy.dp_adam import DPAdam
+from dpinstruct.privacy.randomness import DPRandom
+from dpinstruct.rl import ppo
+
+LORA = {"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": ["q_proj", "v_proj"], "layers": [28, 29]}
+SETTINGS = ppo.PPOSettings(rollouts=4, new_tokens=6, temperature=1.0, top_p=1.0, kl_coef=0.05, clip_range=0.2)
+
+
+@pytest.fixture(scope="module")
+def policy(generator_dir):
+    torch.manual_seed(0)
+    model, tokenizer = lora_model(load_generator(generator_dir), LORA)
+    # a non-zero adapter, so that the policy and the reference differ
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.02)
+    return model, tokenizer
+
+
+def batch(policy, n_prompts: int, seed: int = 0):
+    model, tokenizer = policy
+    prompts = [tokenizer(t, add_special_tokens=False)["input_ids"][:5] for t in
+               ["This movie was a total", "I went to see this film", "The acting in this one", "Nothing about the plot"]]
+    ids = ppo.rollouts(model, prompts[:n_prompts], SETTINGS, torch.Generator().manual_seed(seed))
+    old = ppo.policy_logprobs(model, ids, 5)
+    kl = ppo.kl_to_reference(old, ppo.reference_logprobs(model, ids, 5)).numpy()
+    rewards = np.random.default_rng(seed).normal(size=len(ids))
+    adv = ppo.advantages(rewards, kl, SETTINGS.rollouts, SETTINGS.kl_coef)
+    return {"input_ids": ids, "old_logp": old, "advantage": torch.tensor(adv, dtype=torch.float32),
+            "unit": torch.arange(n_prompts).repeat_interleave(SETTINGS.rollouts)}
+
+
+def applied_gradient(policy, micro, *, clip, sigma=0.0, expected=1.0, per_unit=True):
+    model, _ = policy
+    dp = DPAdam(copy.deepcopy(model), lr=1e-3, noise_multiplier=sigma, clip_norm=clip, expected_batch_size=expected,
+                noise=DPRandom.for_purpose("test", "ppo", privacy={"secure_mode": False}))
+    seen = []
+    dp.optimizer.attach_step_hook(lambda o: seen.append(torch.cat([p.grad.flatten() for p in o.params])))
+    if not per_unit:
+        micro = [{k: v for k, v in m.items() if k != "unit"} for m in micro]
+    dp.step(micro, loss_fn=ppo.ppo_loss(SETTINGS.clip_range, 5))
+    return seen[0].double()
+
+
+def test_one_prompt_is_one_clipped_example_however_many_rollouts(policy):
+    one_prompt = batch(policy, 1)
+    clip = 1e-4  # far below any rollout's gradient norm: everything is clipped
+    grouped = applied_gradient(policy, [one_prompt], clip=clip)
+    assert grouped.norm() <= clip * (1 + 1e-5)
+    # clipping each rollout instead would let k rollouts move the update up to k times as far
+    per_rollout = applied_gradient(policy, [one_prompt], clip=clip, per_unit=False)
+    assert per_rollout.norm() > 1.5 * clip
+
+
+def test_noise_once_per_logical_step_with_the_recorded_std(policy):
+    micro = [batch(policy, 2, seed=1), batch(policy, 2, seed=2)]  # two micro-batches, one step
+    micro[1]["unit"] = micro[1]["unit"] + 2
+    sigma, clip, expected = 0.8, 0.05, 4.0
+    noise = applied_gradient(policy, micro, clip=clip, sigma=sigma, expected=expected) - \
+        applied_gradient(policy, micro, clip=clip, expected=expected)
+    assert noise.std().item() == pytest.approx(sigma * clip / expected, rel=0.05)  # ~15k coordinates
+
+
+def test_the_group_baseline_reads_only_the_prompts_own_rollouts():
+    rewards = np.array([1.0, 3.0, 10.0, 30.0])
+    kl = np.zeros(4)
+    adv = ppo.advantages(rewards, kl, 2, 0.1)
+    assert adv.tolist() == [-1.0, 1.0, -10.0, 10.0]
+    # changing another prompt's rollouts leaves this prompt's advantages alone
+    assert ppo.advantages(np.array([1.0, 3.0, -5.0, 99.0]), kl, 2, 0.1)[:2].tolist() == [-1.0, 1.0]
+    # the KL penalty shapes the reward before the baseline
+    assert ppo.advantages(np.array([1.0, 1.0]), np.array([0.0, 10.0]), 2, 0.1).tolist() == [0.5, -0.5]
+
+
+def test_rollouts_are_fixed_length_and_seeded(policy):
+    model, tokenizer = policy
+    prompt = tokenizer("A film about", add_special_tokens=False)["input_ids"]
+    a = ppo.rollouts(model, [prompt], SETTINGS, torch.Generator().manual_seed(3))
+    b = ppo.rollouts(model, [prompt], SETTINGS, torch.Generator().manual_seed(3))
+    assert a.shape == (SETTINGS.rollouts, len(prompt) + SETTINGS.new_tokens) and torch.equal(a, b)
+    assert (a[:, :len(prompt)] == torch.tensor(prompt)).all()
