@@ -50,6 +50,11 @@ def test_release_from_real_data(project, embedder_dir):
                               event=acct.dp_sgd_event(plan.noise_multiplier, plan.sampling_rate, plan.steps))
     Path("metrics/privacy").mkdir(parents=True, exist_ok=True)
     Path(ledger.entry_path("train_generator")).write_text(json.dumps(entry))
+    for name, part in (("dp_sft", "sft"), ("dp_ppo", "ppo")):  # the RL pipeline's entries: account wants all
+        rl = ledger.make_entry(stage=name, mechanism="m", dataset="imdb", partition=part, noise_multiplier=0.5,
+                               sampling_rate=0.005, steps=10, sensitivity=1.0, delta=p["rl"]["privacy"]["delta"],
+                               event=acct.dp_sgd_event(0.5, 0.005, 10))
+        Path(ledger.entry_path(name)).write_text(json.dumps(rl))
     step(histogram.histogram, p)
     metrics = step(resample.resample, p)
     result = step(account.account, p)

@@ -40,7 +40,7 @@ def project(tmp_path, monkeypatch, generator_dir, repo_params):
     rl = params["rl"]
     rl["privacy"].update(epsilon=4.0, delta=1e-3)
     rl["data"].update(sft_tokens=24)
-    rl["sentiment_reward"].update(rows=100, heldout=40)
+    rl["sentiment_reward"].update(rows=60, heldout=20)
     small = {"sampling_rate": 0.15, "steps": 3, "expected_batch_size": 10, "checkpoint_every": 1,
              "lora": {**rl["dp_sft"]["lora"], "layers": [28, 29]}}
     rl["dp_sft"].update(small, micro_batch_tokens=512)
