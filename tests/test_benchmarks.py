@@ -10,6 +10,15 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 
 
+def run_bench(module: str) -> dict:
+    """Run tests/benchmarks/<module>.py from the repository root; its printed JSON, echoed."""
+    out = subprocess.run([sys.executable, "-m", f"tests.benchmarks.{module}"], cwd=REPO, check=True,
+                         capture_output=True, text=True).stdout
+    results = json.loads(out[out.index("{"):])
+    print(json.dumps(results, indent=2))
+    return results
+
+
 @pytest.mark.benchmark
 def test_train_generator_speed():
     if not (REPO / "data/prepared/train.parquet").exists():
@@ -47,10 +56,7 @@ def test_algorithm2_at_paper_scale():
 def test_annotation_speed():
     if not (REPO / "data/prepared/test.parquet").exists():
         pytest.skip("run `dvc repro prepare` first")
-    out = subprocess.run([sys.executable, "-m", "tests.benchmarks.bench_annotate"], cwd=REPO, check=True,
-                         capture_output=True, text=True).stdout
-    results = json.loads(out[out.index("{"):])
-    print(json.dumps(results, indent=2))
+    results = run_bench("bench_annotate")
     assert results["local"]["ratio"] >= 1.15, results  # greedy: stock generate sorts nothing; measured 1.24
     endpoint = results["endpoint"]
     assert endpoint["concurrency_8"]["requests_per_s"] >= 4 * endpoint["concurrency_1"]["requests_per_s"], results
@@ -60,8 +66,5 @@ def test_annotation_speed():
 def test_dp_ppo_speed():
     if not (REPO / "data/adapters/dp_sft/adapter_model.safetensors").exists():
         pytest.skip("run `dvc repro dp_sft sentiment_reward` first")
-    out = subprocess.run([sys.executable, "-m", "tests.benchmarks.bench_ppo"], cwd=REPO, check=True,
-                         capture_output=True, text=True).stdout
-    results = json.loads(out[out.index("{"):])
-    print(json.dumps(results, indent=2))
+    results = run_bench("bench_ppo")
     assert results["ratio"] <= 3.0 and results["rollout_tokens_per_s"] > 50, results
