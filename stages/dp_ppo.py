@@ -4,7 +4,8 @@ The policy is the DP-SFT model (base + data/adapters/dp_sft, merged) with a fres
 the reference is the same model with that adapter disabled (the frozen DP-SFT model). The privacy
 unit is one private prompt (the opening of one review of the ``partition`` part of
 data/rl/prompts.parquet): every step Poisson-samples prompts at ``sampling_rate``, draws
-``rollouts`` continuations of each (dpinstruct/rl/ppo.py), rewards them with the public sentiment
+``rollouts`` continuations of each (dpinstruct/rl/ppo.py; each from a generator keyed by the secret
+key, the step and that prompt's id, so one prompt's rollouts never depend on the others), rewards them with the public sentiment
 classifier, shapes the reward with a KL penalty to the reference, subtracts the mean of the prompt's
 own rollouts, and DP-Adam clips the gradient of the prompt's whole contribution to C as ONE example
 and adds the noise once per step. Budget first: on its own part the stage meets ``rl.privacy``
@@ -19,7 +20,6 @@ import json
 import logging
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import torch
 
@@ -29,10 +29,12 @@ from dpinstruct.io.errors import ConfigError, InputError
 from dpinstruct.io.runner import run_stage
 from dpinstruct.models.loading import GENERATOR_DIR
 from dpinstruct.models.lora import lora_model, merged_model, save_adapter
+from dpinstruct.models.trunk import first_adapted_layer
 from dpinstruct.privacy import accounting as acct
 from dpinstruct.privacy import dp_adam, ledger
 from dpinstruct.privacy.dp_adam import DPAdam, poisson_sample
 from dpinstruct.privacy.dp_loop import DPLoop
+from dpinstruct.privacy.randomness import DPRandom
 from dpinstruct.rl import ppo
 from dpinstruct.rl import reward as reward_model
 from dpinstruct.rl.reward import SentimentReward
@@ -71,15 +73,6 @@ def plan(params: dict, n_records: int) -> acct.DPSGDPlan:
                             prior_label=f"dp_sft on the same part ({sft['partition']})")
 
 
-def micro_batches(ids: torch.Tensor, old_logp: torch.Tensor, adv: np.ndarray, k: int, per_micro: int) -> list[dict]:
-    """Whole prompts per micro-batch (a prompt's k rollouts never straddle two)."""
-    rows = per_micro * k
-    return [{"input_ids": ids[i:i + rows], "old_logp": old_logp[i:i + rows],
-             "advantage": torch.tensor(adv[i:i + rows], dtype=torch.float32),
-             "unit": torch.arange(i // k, (i + len(ids[i:i + rows])) // k).repeat_interleave(k)}
-            for i in range(0, len(ids), rows)]
-
-
 def dp_ppo(params: dict, out) -> dict:
     cfg = params["rl"][STAGE]
     s = settings(cfg)
@@ -92,7 +85,8 @@ def dp_ppo(params: dict, out) -> dict:
     log.info("plan: q=%.4g T=%d sigma=%.4f (x%d epochs) C=%s -> epsilon %.3f (PLD), %.3f (PRV) at delta %g",
              p.sampling_rate, p.steps, p.noise_multiplier, p.epochs_per_batch, p.clip_norm, p.composed_epsilon,
              p.composed_epsilon_prv, p.delta)
-    rollout_stream = ppo.TorchGeneratorStream(int(cfg["seed"]))  # public: sampling, not DP noise
+    # rollout randomness is keyed too: nobody without the key can replay a step's continuations
+    rollout_seeds = DPRandom.for_purpose(f"{STAGE}/rollouts", phash, file_digest(PROMPTS), privacy=params["rl"].get("privacy"))
     loop = DPLoop(STAGE, privacy=params["rl"].get("privacy"), binding=(phash, file_digest(PROMPTS)),
                   run_key_parts=(phash, p.as_dict(), file_digest(PROMPTS), file_digest(SFT_ADAPTER / "adapter_model.safetensors"),
                                  file_digest(REWARD_DIR / reward_model.MODEL_FILE), file_digest(__file__),
@@ -105,24 +99,25 @@ def dp_ppo(params: dict, out) -> dict:
     reward = SentimentReward.load(REWARD_DIR)
     dp = DPAdam(policy, lr=P.as_float(cfg["lr"]), noise_multiplier=p.noise_multiplier, clip_norm=p.clip_norm,
                 expected_batch_size=p.expected_batch_size, noise=loop.noise)
-    prompt_ids = prompts.prompt_ids.map(list).tolist()
+    prompt_ids, prompt_keys = prompts.prompt_ids.map(list).tolist(), prompts.id.tolist()
     prompt_len = len(prompt_ids[0])
-    loss_fn = ppo.ppo_loss(s.clip_range, prompt_len)
-    for _ in loop.iterate(model=policy, optimizer=dp.optimizer, extra_streams={"rollouts": rollout_stream},
-                          desc="DP-PPO steps"):
+    start = first_adapted_layer(policy)
+    loss_fn = ppo.ppo_loss(s.clip_range, prompt_len, start)
+    for step in loop.iterate(model=policy, optimizer=dp.optimizer, desc="DP-PPO steps"):
         idx = poisson_sample(loop.sampler, len(prompt_ids), p.sampling_rate)
         if len(idx) == 0:
             for _epoch in range(p.epochs_per_batch):
                 dp.step([])  # an empty Poisson batch still takes its noise-only steps
             loop.metrics.update(batch_size=0)
             continue
-        ids = ppo.rollouts(policy, [prompt_ids[i] for i in idx], s, rollout_stream.generator)
-        texts = tokenizer.batch_decode(ids[:, prompt_len:], skip_special_tokens=True)
-        rewards = reward.logits(texts)
-        old_logp = ppo.policy_logprobs(policy, ids, prompt_len)
-        kl = ppo.kl_to_reference(old_logp, ppo.reference_logprobs(policy, ids, prompt_len)).numpy()
+        generators = ppo.rollout_seeds(lambda key, j, step=step: rollout_seeds.child_seed(step, key, j),
+                                       [prompt_keys[i] for i in idx], s.rollouts)
+        ids, hidden = ppo.rollouts_and_trunk(policy, [prompt_ids[i] for i in idx], s, generators, start)
+        rewards = reward.logits(tokenizer.batch_decode(ids[:, prompt_len:], skip_special_tokens=True))
+        old_logp, ref_logp = ppo.old_and_reference_logprobs(policy, hidden, ids, prompt_len, start)
+        kl = ppo.kl_to_reference(old_logp, ref_logp).numpy()
         adv = ppo.advantages(rewards, kl, s.rollouts, s.kl_coef)
-        micro = micro_batches(ids, old_logp, adv, s.rollouts, int(cfg["prompts_per_micro"]))
+        micro = ppo.micro_batches(ids, hidden, old_logp, adv, s.rollouts, int(cfg["prompts_per_micro"]))
         for _epoch in range(p.epochs_per_batch):
             result = dp.step(micro, loss_fn=loss_fn)
         loop.metrics.update(reward=float(rewards.mean()), kl=float(kl.mean()), batch_size=result.batch_size)

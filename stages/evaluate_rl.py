@@ -2,7 +2,8 @@
 
 For the base generator, the DP-SFT model and the DP-PPO policy (named ``sft`` and ``ppo`` when their
 ledger entries say the run was not private, as with ``-S rl.privacy.epsilon=.inf``): one continuation
-of ``new_tokens`` tokens per evaluation prompt (a seeded sampler: public randomness), scored by the
+of ``new_tokens`` tokens per evaluation prompt (seeded by the prompt's id: public randomness, the
+same uniforms for every policy, so paired differences see the policies, not the draws), scored by the
 sentiment reward; mean reward with a bootstrap interval over prompts, the paired differences
 (ppo - sft, sft - base), the per-token KL to the reference (the SFT model) on each policy's own
 samples, and distinct-1/2. Writes metrics/rl.json and plots/rl/reward.csv. Class dp: public
@@ -14,7 +15,6 @@ import json
 import logging
 
 import pandas as pd
-import torch
 
 from dpinstruct.alignment.scoring import bootstrap_mean
 from dpinstruct.io import params as P
@@ -55,7 +55,7 @@ def evaluate_rl(params: dict, out) -> dict:
                                temperature=P.as_float(params["rl"]["dp_ppo"]["temperature"]),
                                top_p=P.as_float(params["rl"]["dp_ppo"]["top_p"]), kl_coef=0.0, clip_range=1.0)
     prompts = pd.read_parquet(PROMPTS).sort_values("id").head(int(cfg["rows"]))
-    prompt_ids = prompts.prompt_ids.map(list).tolist()
+    prompt_ids, prompt_keys = prompts.prompt_ids.map(list).tolist(), prompts.id.tolist()
     prompt_len = int(data["prompt_tokens"])
     reward = SentimentReward.load(REWARD_DIR)
     reference, tokenizer = merged_model(GENERATOR_DIR, SFT_ADAPTER)
@@ -65,7 +65,7 @@ def evaluate_rl(params: dict, out) -> dict:
                            "reward": "positive-class logit of the sentiment classifier", "names": label}
     for stage, model in policies():
         name = label.get(stage, stage)
-        ids = ppo.rollouts(model, prompt_ids, settings, torch.Generator().manual_seed(seed))
+        ids = ppo.rollouts(model, prompt_ids, settings, ppo.rollout_seeds(ppo.public_seed(seed), prompt_keys, 1))
         continuations = ids[:, prompt_len:]
         rewards[name] = reward.logits(tokenizer.batch_decode(continuations, skip_special_tokens=True))
         kl = ppo.kl_to_reference(ppo.policy_logprobs(model, ids, prompt_len), ppo.policy_logprobs(reference, ids, prompt_len))

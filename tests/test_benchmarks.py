@@ -68,3 +68,4 @@ def test_dp_ppo_speed():
         pytest.skip("run `dvc repro dp_sft sentiment_reward` first")
     results = run_bench("bench_ppo")
     assert results["ratio"] <= 3.0 and results["rollout_tokens_per_s"] > 50, results
+    assert results["old_and_reference_logprob_s"] < results["rollout_seconds"], results  # the trunk is not re-run

@@ -21,10 +21,13 @@ log = logging.getLogger(__name__)
 FILE = "state.pt"
 
 
-def save(directory: Path, *, step: int, run_key: str, model, optimizer, streams: dict) -> None:
+def save(directory: Path, *, step: int, run_key: str, model, optimizer, streams: dict,
+         history: list[dict] | None = None) -> None:
+    """``history``: the metrics logged at each step so far, so that a resumed run can rebuild its
+    curves (DVC deletes a stage's outputs, the DVCLive folder included, before it re-runs it)."""
     directory.mkdir(parents=True, exist_ok=True)
     state = {
-        "step": step, "run_key": run_key,
+        "step": step, "run_key": run_key, "history": list(history or []),
         "trainable": {k: v.detach().clone() for k, v in model.named_parameters() if v.requires_grad},
         "optimizer": optimizer.state_dict(),
         "streams": {name: stream.state() for name, stream in streams.items()},

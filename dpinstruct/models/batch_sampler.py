@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from transformers.cache_utils import Cache
 
-from dpinstruct.models.sampler import COMPACT_SHARE, PreallocatedLayer, next_token_logits, nucleus_sample
+from dpinstruct.models.sampler import COMPACT_SHARE, PreallocatedLayer, RowGenerators, next_token_logits, nucleus_sample
 
 
 def _common_prefix(prompts: list[list[int]]) -> int:
@@ -19,21 +19,22 @@ def _common_prefix(prompts: list[list[int]]) -> int:
     return length
 
 
-def pick(logits: torch.Tensor, top_p: float, temperature: float, generator: torch.Generator) -> torch.Tensor:
+def pick(logits: torch.Tensor, top_p: float, temperature: float, generator: torch.Generator | RowGenerators) -> torch.Tensor:
     """One token per row: greedy at temperature 0, else the temperature-scaled nucleus."""
     return logits.argmax(-1) if temperature == 0 else nucleus_sample(logits, top_p, temperature, generator)
 
 
 @torch.inference_mode()
 def sample_prompts(model, prompts: list[list[int]], *, eos_id: int, pad_id: int, max_new_tokens: int, top_p: float,
-                   temperature: float, generator: torch.Generator, on_tokens=None) -> list[list[int]]:
+                   temperature: float, generator: torch.Generator | RowGenerators, on_tokens=None) -> list[list[int]]:
     """Token ids of one continuation of each prompt (prompt excluded, ending with EOS unless cut at
     ``max_new_tokens``), all prompts decoded as one batch; temperature 0 is greedy.
 
     The prefix all prompts share is run once; the rest of each prompt is left-padded after it: the
     attention mask hides the padding and each row's positions count its own tokens only, so a row's
     continuation is that of the prompt alone (up to float rounding of the batched kernels). The KV
-    cache is preallocated and finished rows leave the batch, as in ``sample``.
+    cache is preallocated and finished rows leave the batch, as in ``sample``. With a
+    ``RowGenerators`` (one per prompt) each row's draws are its own, whatever else is in the batch.
     """
     device = next(model.parameters()).device
     n = len(prompts)
@@ -75,6 +76,8 @@ def sample_prompts(model, prompts: list[list[int]], *, eos_id: int, pad_id: int,
             keep = live.nonzero().squeeze(1)
             cache.batch_select_indices(keep)
             rows, token, live, mask, next_position = rows[keep], token[keep], live[keep], mask[keep], next_position[keep]
+            if isinstance(generator, RowGenerators):
+                generator = generator.select(keep)
         mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], dim=1)
         logits = next_token_logits(model, token[:, None], cache, next_position[:, None], mask)
         next_position = next_position + 1

@@ -103,7 +103,38 @@ def inverse_cdf(probs: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
     return (block * CDF_BLOCK + within).squeeze(1).clamp_max(vocab - 1)
 
 
-def nucleus_sample(logits: torch.Tensor, top_p: float, temperature: float, generator: torch.Generator) -> torch.Tensor:
+class RowGenerators:
+    """One torch.Generator per row of a batch, for samplers whose rows must not share randomness.
+
+    With one shared generator a row's draws depend on how many rows came before it in the batch;
+    with one generator per row they depend on that row's generator alone, whoever else is in the
+    batch (DP-PPO needs this: a prompt's rollouts must not change when another prompt joins or
+    leaves the Poisson batch). ``select`` follows the batch when finished rows leave it.
+    """
+
+    def __init__(self, generators: list[torch.Generator]):
+        self.generators = generators
+
+    @classmethod
+    def from_seeds(cls, seeds) -> RowGenerators:
+        return cls([torch.Generator().manual_seed(int(s)) for s in seeds])
+
+    def select(self, keep: torch.Tensor) -> RowGenerators:
+        return RowGenerators([self.generators[i] for i in keep.tolist()])
+
+    def uniforms(self, rows: torch.Tensor) -> torch.Tensor:
+        """[len(rows), 1] float64 uniforms, one from each listed row's own generator."""
+        return torch.cat([torch.rand(1, 1, generator=self.generators[r], dtype=torch.float64) for r in rows.tolist()])
+
+
+def _uniforms(generator, rows: torch.Tensor) -> torch.Tensor:
+    if isinstance(generator, RowGenerators):
+        return generator.uniforms(rows).to(rows.device)
+    return torch.rand(rows.numel(), 1, generator=generator, dtype=torch.float64, device=rows.device)
+
+
+def nucleus_sample(logits: torch.Tensor, top_p: float, temperature: float,
+                   generator: torch.Generator | RowGenerators) -> torch.Tensor:
     """One token per row of ``logits`` [rows, vocab] from the temperature-scaled nucleus.
 
     Rejection sampling: draw from the full distribution (``inverse_cdf``) and accept the token
@@ -111,7 +142,8 @@ def nucleus_sample(logits: torch.Tensor, top_p: float, temperature: float, gener
     ``top_p``. Conditioning a draw from p
     on landing in the nucleus S gives p restricted to S, renormalised: the nucleus distribution,
     with no sort of the vocabulary. A draw is accepted with probability p(S) >= top_p; rows still
-    rejected after REJECTION_ROUNDS use the exact sort-based path (``nucleus``).
+    rejected after REJECTION_ROUNDS use the exact sort-based path (``nucleus``). ``generator`` is
+    one torch.Generator for the batch, or a ``RowGenerators`` (each row draws from its own).
     """
     scaled = logits.float() if temperature == 1.0 else logits.float() / temperature
     probs = torch.softmax(scaled, dim=-1)
@@ -119,7 +151,7 @@ def nucleus_sample(logits: torch.Tensor, top_p: float, temperature: float, gener
     todo = torch.arange(probs.shape[0], device=probs.device)
     for _ in range(REJECTION_ROUNDS if top_p < 1.0 else 1):
         sub = probs if todo.numel() == probs.shape[0] else probs[todo]
-        u = torch.rand(todo.numel(), 1, generator=generator, dtype=torch.float64, device=probs.device)
+        u = _uniforms(generator, todo)
         drawn = inverse_cdf(sub, u)
         p_drawn = sub.gather(1, drawn[:, None])
         more_likely = torch.where(sub > p_drawn, sub, torch.zeros((), device=probs.device)).sum(-1)
@@ -129,7 +161,10 @@ def nucleus_sample(logits: torch.Tensor, top_p: float, temperature: float, gener
         if todo.numel() == 0:
             return token
     p, ids = nucleus(probs[todo], top_p)
-    token[todo] = ids.gather(1, torch.multinomial(p, 1, generator=generator)).squeeze(1)
+    if isinstance(generator, RowGenerators):
+        token[todo] = ids.gather(1, inverse_cdf(p, _uniforms(generator, todo))[:, None]).squeeze(1)
+    else:
+        token[todo] = ids.gather(1, torch.multinomial(p, 1, generator=generator)).squeeze(1)
     return token
 
 

@@ -45,10 +45,21 @@ class DPLoop:
 
         streams = {**self.streams(), **(extra_streams or {})}
         state = checkpoint.load(self.checkpoint_dir, self.run_key)
+        if state and len(state.get("history", [])) != state["step"]:
+            log.info("checkpoint in %s has no curves to resume them from (an older format); starting at step 0",
+                     self.checkpoint_dir)
+            state = None
         start = checkpoint.restore(state, model=model, optimizer=optimizer, streams=streams) if state else 0
+        # The curves restart from the checkpoint's history, not from the DVCLive folder: DVC deletes a
+        # stage's outputs before re-running it, so a resumed run would otherwise log from step 0 again.
+        history = list(state["history"]) if state else []
         spent = acct.RunningEpsilon(self.noise_multiplier, self.sampling_rate, self.delta, steps_done=start)
-        live = Live(self.live_dir, resume=start > 0, save_dvc_exp=False, dvcyaml=None, report=None)
+        live = Live(self.live_dir, resume=False, save_dvc_exp=False, dvcyaml=None, report=None)
         live.summary.update(summary or {})
+        for logged in history:
+            for name, value in logged.items():
+                live.log_metric(name, value)
+            live.next_step()
         bar = tqdm(range(start, self.steps), initial=start, total=self.steps, desc=desc, unit="step")
         for step in bar:
             self.metrics = {}
@@ -56,12 +67,12 @@ class DPLoop:
             eps = spent.step()
             bar.set_postfix({k: (f"{v:.3f}" if isinstance(v, float) else v) for k, v in self.metrics.items()},
                             eps=f"{eps:.2f}")
-            for name, value in self.metrics.items():
+            logged = dict(self.metrics, **({"epsilon": eps} if self.noise_multiplier > 0 else {}))
+            for name, value in logged.items():
                 live.log_metric(name, value)
-            if self.noise_multiplier > 0:
-                live.log_metric("epsilon", eps)
             live.next_step()
+            history.append(logged)
             if (step + 1) % self.checkpoint_every == 0 and step + 1 < self.steps:
                 checkpoint.save(self.checkpoint_dir, step=step + 1, run_key=self.run_key, model=model,
-                                optimizer=optimizer, streams=streams)
+                                optimizer=optimizer, streams=streams, history=history)
         live.end()

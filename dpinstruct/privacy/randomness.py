@@ -120,6 +120,15 @@ class DPRandom:
         checkpoint made under another key is never resumed; "os" for the OS source."""
         return "os" if self._seed is None else hmac.new(self._seed, b"resume-tag", hashlib.sha256).hexdigest()[:16]
 
+    def child_seed(self, *parts) -> int:
+        """A 63-bit seed for one named draw (e.g. one prompt's rollouts at one step), a function of
+        the key, this stream and ``parts`` alone: unlike the stream's own draws it does not depend on
+        how many draws came before. Fresh from the OS in secure mode."""
+        if self._seed is None:
+            return int.from_bytes(os.urandom(8), "big") >> 1
+        mac = hmac.new(self._seed, b"child" + b"".join(_canonical(p) for p in parts), hashlib.sha256).digest()
+        return int.from_bytes(mac[:8], "big") >> 1
+
     def random_bytes(self, n: int) -> bytes:
         if self._seed is None:
             return os.urandom(n)

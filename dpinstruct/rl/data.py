@@ -13,18 +13,15 @@ import re
 import pandas as pd
 import pyarrow as pa
 
+from dpinstruct.text.filters import normalise
+
 _BREAK = re.compile(r"<br\s*/?>", re.IGNORECASE)
-_SPACES = re.compile(r"[^\S\n]+")
-_LINES = re.compile(r"\n{3,}")
 
 
 def clean_review(text: str | None) -> str:
-    """``<br />`` tags become newlines; runs of spaces collapse; at most one blank line; trimmed."""
-    if not text:
-        return ""
-    text = _BREAK.sub("\n", text).replace("\r\n", "\n").replace("\r", "\n")
-    lines = (_SPACES.sub(" ", line).strip() for line in text.split("\n"))
-    return _LINES.sub("\n\n", "\n".join(lines)).strip()
+    """``<br />`` tags become newlines, then the instructions' normaliser (NFC, spaces collapsed,
+    lines trimmed, at most one blank line)."""
+    return normalise(_BREAK.sub("\n", text)) if text else ""
 
 
 def unit_interval(record_id: str, seed: int) -> float:

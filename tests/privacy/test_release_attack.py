@@ -78,3 +78,19 @@ def test_no_committed_dp_file_states_n():
 
 def params_value(section: str, key: str):
     return yaml.safe_load((REPO / "params.yaml").read_text())[section][key]
+
+
+def test_no_committed_rl_dp_file_states_a_partition_size():
+    # The same for the IMDb dataset: its part sizes are in the (private) prepare metrics only.
+    counts = json.loads((REPO / "metrics/rl/prepare.json").read_text())
+    sizes = {counts["ppo"], counts["sft"], counts["read"]}
+    dp_files = [REPO / "metrics/privacy.json", REPO / "metrics/privacy/dp_sft.json", REPO / "metrics/privacy/dp_ppo.json",
+                REPO / "metrics/rl.json", REPO / "plots/rl/reward.csv"]
+    for f in dp_files:
+        text = f.read_text()
+        for n in sizes:
+            assert not re.search(rf"(?<![\d.]){n}(?![\d])", text), f"{f.name} states a part size {n}"
+        assert "n_records" not in text
+    for stage in ("dp_sft", "dp_ppo"):
+        entry = json.loads((REPO / f"metrics/privacy/{stage}.json").read_text())
+        assert entry["sampling_rate"] == float(yaml.safe_load((REPO / "params.yaml").read_text())["rl"][stage]["sampling_rate"])

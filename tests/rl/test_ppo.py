@@ -1,6 +1,7 @@
 """DP-PPO's privacy mechanics on the real student: one prompt is one clipped example however many
 rollouts it has, the noise goes in once per logical step with the recorded std, the group
-baseline reads only the prompt's own rollouts."""
+baseline reads only the prompt's own rollouts, a prompt's rollouts do not depend on the other
+prompts of its batch, and the trunk split computes the same log-probabilities as a full forward."""
 from __future__ import annotations
 
 import copy
@@ -11,12 +12,19 @@ import torch
 
 from dpinstruct.models.loading import load_generator
 from dpinstruct.models.lora import lora_model
+from dpinstruct.models.trunk import first_adapted_layer
 from dpinstruct.privacy.dp_adam import DPAdam
 from dpinstruct.privacy.randomness import DPRandom
 from dpinstruct.rl import ppo
 
 LORA = {"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": ["q_proj", "v_proj"], "layers": [28, 29]}
 SETTINGS = ppo.PPOSettings(rollouts=4, new_tokens=6, temperature=1.0, top_p=1.0, kl_coef=0.05, clip_range=0.2)
+TEXTS = ["This movie was a total", "I went to see this film", "The acting in this one", "Nothing about the plot of this film"]
+START = 28  # LORA's first layer
+
+
+def generators(keys, k=SETTINGS.rollouts, seed=0):
+    return ppo.rollout_seeds(ppo.public_seed(seed), keys, k)
 
 
 @pytest.fixture(scope="module")
@@ -33,14 +41,14 @@ def policy(generator_dir):
 
 def batch(policy, n_prompts: int, seed: int = 0):
     model, tokenizer = policy
-    prompts = [tokenizer(t, add_special_tokens=False)["input_ids"][:5] for t in
-               ["This movie was a total", "I went to see this film", "The acting in this one", "Nothing about the plot"]]
-    ids = ppo.rollouts(model, prompts[:n_prompts], SETTINGS, torch.Generator().manual_seed(seed))
-    old = ppo.policy_logprobs(model, ids, 5)
-    kl = ppo.kl_to_reference(old, ppo.reference_logprobs(model, ids, 5)).numpy()
+    prompts = [tokenizer(t, add_special_tokens=False)["input_ids"][:5] for t in TEXTS]
+    ids, hidden = ppo.rollouts_and_trunk(model, prompts[:n_prompts], SETTINGS, generators(TEXTS[:n_prompts], seed=seed),
+                                         START)
+    old, ref = ppo.old_and_reference_logprobs(model, hidden, ids, 5, START)
+    kl = ppo.kl_to_reference(old, ref).numpy()
     rewards = np.random.default_rng(seed).normal(size=len(ids))
     adv = ppo.advantages(rewards, kl, SETTINGS.rollouts, SETTINGS.kl_coef)
-    return {"input_ids": ids, "old_logp": old, "advantage": torch.tensor(adv, dtype=torch.float32),
+    return {"input_ids": ids, "hidden": hidden, "old_logp": old, "advantage": torch.tensor(adv, dtype=torch.float32),
             "unit": torch.arange(n_prompts).repeat_interleave(SETTINGS.rollouts)}
 
 
@@ -52,7 +60,7 @@ def applied_gradient(policy, micro, *, clip, sigma=0.0, expected=1.0, per_unit=T
     dp.optimizer.attach_step_hook(lambda o: seen.append(torch.cat([p.grad.flatten() for p in o.params])))
     if not per_unit:
         micro = [{k: v for k, v in m.items() if k != "unit"} for m in micro]
-    dp.step(micro, loss_fn=ppo.ppo_loss(SETTINGS.clip_range, 5))
+    dp.step(micro, loss_fn=ppo.ppo_loss(SETTINGS.clip_range, 5, START))
     return seen[0].double()
 
 
@@ -89,7 +97,55 @@ def test_the_group_baseline_reads_only_the_prompts_own_rollouts():
 def test_rollouts_are_fixed_length_and_seeded(policy):
     model, tokenizer = policy
     prompt = tokenizer("A film about", add_special_tokens=False)["input_ids"]
-    a = ppo.rollouts(model, [prompt], SETTINGS, torch.Generator().manual_seed(3))
-    b = ppo.rollouts(model, [prompt], SETTINGS, torch.Generator().manual_seed(3))
+    a = ppo.rollouts(model, [prompt], SETTINGS, generators(["a"], seed=3))
+    b = ppo.rollouts(model, [prompt], SETTINGS, generators(["a"], seed=3))
     assert a.shape == (SETTINGS.rollouts, len(prompt) + SETTINGS.new_tokens) and torch.equal(a, b)
     assert (a[:, :len(prompt)] == torch.tensor(prompt)).all()
+    assert not torch.equal(a, ppo.rollouts(model, [prompt], SETTINGS, generators(["a"], seed=4)))
+
+
+def test_a_prompts_rollouts_do_not_depend_on_the_rest_of_its_batch(policy):
+    """The sensitivity argument: adding or removing one prompt (the privacy unit) must leave every
+    other prompt's continuations, hence their gradients, as they were. With one generator shared
+    by the batch (the old sampler), every prompt after the removed one drew different uniforms."""
+    model, tokenizer = policy
+    prompts = [tokenizer(t, add_special_tokens=False)["input_ids"][:5] for t in TEXTS]
+    keys = ["r0", "r1", "r2", "r3"]
+    k = SETTINGS.rollouts
+    full = ppo.rollouts(model, prompts, SETTINGS, generators(keys))
+    without_r1 = ppo.rollouts(model, [prompts[i] for i in (0, 2, 3)], SETTINGS, generators([keys[i] for i in (0, 2, 3)]))
+    assert torch.equal(without_r1, torch.cat([full[:k], full[2 * k:]]))
+    reordered = ppo.rollouts(model, prompts[::-1], SETTINGS, generators(keys[::-1]))
+    assert torch.equal(reordered[:k], full[3 * k:])
+    # the same prompt text under another id (another record) gets its own draws
+    assert not torch.equal(ppo.rollouts(model, prompts[:1], SETTINGS, generators(["other"])), full[:k])
+
+
+def test_a_keyed_child_seed_depends_on_its_parts_only():
+    stream = DPRandom.for_purpose("dp_ppo/rollouts", "binding", privacy={"secure_mode": False})
+    first = stream.child_seed(3, "train_pos_1", 0)
+    stream.uniform(10)  # draws from the stream itself do not move it
+    assert stream.child_seed(3, "train_pos_1", 0) == first
+    assert len({first, stream.child_seed(3, "train_pos_1", 1), stream.child_seed(4, "train_pos_1", 0),
+                stream.child_seed(3, "train_pos_2", 0)}) == 4
+    other = DPRandom.for_purpose("dp_ppo/rollouts", "another binding", privacy={"secure_mode": False})
+    assert other.child_seed(3, "train_pos_1", 0) != first
+    assert 0 <= first < 2 ** 63
+
+
+def test_the_trunk_split_gives_the_full_forwards_log_probabilities(policy):
+    model, _ = policy
+    assert first_adapted_layer(model) == START
+    recorded = batch(policy, 2)
+    ids, hidden = recorded["input_ids"], ppo.trunk_states(model, recorded["input_ids"], START)
+    # the trunk recorded while decoding is the trunk of the finished sequences
+    torch.testing.assert_close(recorded["hidden"], hidden, atol=1e-4, rtol=1e-4)
+    old, ref = ppo.old_and_reference_logprobs(model, hidden, ids, 5, START)
+    full_old = ppo.policy_logprobs(model, ids, 5)
+    with model.disable_adapter():
+        full_ref = ppo.policy_logprobs(model, ids, 5)
+    torch.testing.assert_close(old, full_old, atol=2e-4, rtol=0)
+    torch.testing.assert_close(ref, full_ref, atol=2e-4, rtol=0)
+    assert (old - ref).abs().max() > 1e-3  # the adapter matters, so the check can fail
+    # the split leaves the model whole afterwards
+    assert len(model.base_model.model.model.layers) == 30

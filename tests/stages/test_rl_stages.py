@@ -96,11 +96,12 @@ def test_the_rl_pipeline_end_to_end(project, monkeypatch):
     assert set(result["reward_diff"]) == {"dp_ppo-dp_sft", "dp_sft-base"}
 
 
-def test_dp_ppo_resumes_after_a_kill_bit_for_bit(project, monkeypatch):
+def test_dp_ppo_resumes_after_a_kill_bit_for_bit_and_needs_the_key_to_replay(project, monkeypatch):
     prepare(project)
     run(dp_sft.dp_sft, project)
     run(dp_ppo.dp_ppo, project)
     whole, entry = digest(dp_ppo.ADAPTER_DIR), Path(ledger.entry_path("dp_ppo")).read_text()
+    curves = {f.name: f.read_text() for f in Path("dvclive/dp_ppo/plots/metrics").glob("*.tsv")}
     for p in ("data/adapters/dp_ppo", "data/checkpoints/dp_ppo", "dvclive/dp_ppo"):
         shutil.rmtree(p)
     real_step, calls = dp_adam.DPAdam.step, []
@@ -118,6 +119,17 @@ def test_dp_ppo_resumes_after_a_kill_bit_for_bit(project, monkeypatch):
     monkeypatch.setattr(dp_adam.DPAdam, "step", real_step)
     run(dp_ppo.dp_ppo, project)
     assert digest(dp_ppo.ADAPTER_DIR) == whole and Path(ledger.entry_path("dp_ppo")).read_text() == entry
+    # DVC deleted the curves with the other outputs; the resumed run rebuilds them whole from the checkpoint
+    resumed = {f.name: f.read_text() for f in Path("dvclive/dp_ppo/plots/metrics").glob("*.tsv")}
+    eps = [[float(x) for x in c["epsilon.tsv"].split()[2:]] for c in (resumed, curves)]
+    assert eps[0] == pytest.approx(eps[1], rel=1e-9)  # the accountant composes 2 + 1 steps, not 3: rounding
+    assert {k: v for k, v in resumed.items() if k != "epsilon.tsv"} == {k: v for k, v in curves.items() if k != "epsilon.tsv"}
+    assert len(curves["reward.tsv"].splitlines()) == 1 + 3
+    # The attacker's replay: same params, data and code, but not the key. Sampling, noise and
+    # rollouts all change, so the committed adapter cannot be reproduced from the repository.
+    monkeypatch.setenv("DPINSTRUCT_KEY_FILE", str(Path("other-key").absolute()))
+    run(dp_ppo.dp_ppo, project)
+    assert digest(dp_ppo.ADAPTER_DIR) != whole
 
 
 def test_refused_settings(project):
