@@ -104,7 +104,7 @@ def test_top_level_plots_point_at_stage_outputs_or_the_sweep():
         for key in stage.get("foreach", [None]):
             produced |= {o.replace("${key}", key) if key else o for o in outs(name)}
     orphans = {f for f in files if not any(f == o or f.startswith(o + "/") for o in produced)}
-    assert orphans == {sweep.PLOT}
+    assert orphans == {sweep.PLOT, sweep.RL_PLOT}
 
 
 def test_dvc_analytics_off_in_repo_config():
