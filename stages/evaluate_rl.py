@@ -39,14 +39,16 @@ def names() -> dict[str, str]:
     return {stage: stage if private[stage] else stage.removeprefix("dp_") for stage in LEDGERS}
 
 
-def policies():
-    """(label, model) of each policy, loaded one at a time; the PPO adapter sits on the merged SFT model."""
+def policies(sft):
+    """(label, model) of each policy, the base loaded when needed; ``sft`` is the merged SFT model (also
+    the reference), and the PPO adapter is merged into a copy of it."""
+    import copy
+
     from peft import PeftModel
 
     yield "base", load_generator(GENERATOR_DIR)[0]
-    sft, _ = merged_model(GENERATOR_DIR, SFT_ADAPTER)
     yield "dp_sft", sft
-    yield "dp_ppo", PeftModel.from_pretrained(merged_model(GENERATOR_DIR, SFT_ADAPTER)[0], PPO_ADAPTER).merge_and_unload()
+    yield "dp_ppo", PeftModel.from_pretrained(copy.deepcopy(sft), PPO_ADAPTER).merge_and_unload()
 
 
 def evaluate_rl(params: dict, out) -> dict:
@@ -63,7 +65,7 @@ def evaluate_rl(params: dict, out) -> dict:
     draws, seed = int(cfg["bootstrap"]), int(cfg["seed"])
     rewards, result = {}, {"rows": len(prompts), "mean_reward": {}, "kl_to_reference": {}, "distinct": {},
                            "reward": "positive-class logit of the sentiment classifier", "names": label}
-    for stage, model in policies():
+    for stage, model in policies(reference):
         name = label.get(stage, stage)
         ids = ppo.rollouts(model, prompt_ids, settings, ppo.rollout_seeds(ppo.public_seed(seed), prompt_keys, 1))
         continuations = ids[:, prompt_len:]
