@@ -26,8 +26,10 @@ log = logging.getLogger("stages.account")
 STAGE = "account"
 OUT = "metrics/privacy.json"
 RELEASE = "instructions"  # the dataset of the released instruction set
-BUDGETS = {"instructions": "privacy", "imdb": "rl.privacy"}  # dataset -> params section of its budget
-EXPECTED = {"instructions": ("histogram", "train_generator"), "imdb": ("dp_ppo", "dp_sft")}  # its mechanisms
+BUDGETS = {"instructions": "privacy", "imdb": "rl.privacy", "hh_rlhf": "rlhf.privacy"}  # dataset -> its budget
+# each dataset's mechanisms; RLHF on the release adds none to `instructions` (post-processing)
+EXPECTED = {"instructions": ("histogram", "train_generator"), "imdb": ("dp_ppo", "dp_sft"),
+            "hh_rlhf": ("dp_reward_model",)}
 
 
 def budget(params: dict, dataset: str) -> tuple[float, float]:

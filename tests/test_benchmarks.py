@@ -69,3 +69,14 @@ def test_dp_ppo_speed():
     results = run_bench("bench_ppo")
     assert results["ratio"] <= 3.0 and results["rollout_tokens_per_s"] > 50, results
     assert results["old_and_reference_logprob_s"] < results["rollout_seconds"], results  # the trunk is not re-run
+
+
+@pytest.mark.benchmark
+def test_reward_model_backbones():
+    if not (REPO / "data/rlhf/pairs.parquet").exists():
+        pytest.skip("run `dvc repro hh_prepare models` first")
+    results = run_bench("bench_reward_backbone")
+    embedder, generator = results["embedder"], results["generator"]
+    # the shipped default (embedder) must be the cheaper backbone and better than chance under DP
+    assert embedder["seconds_per_1000_texts"] < generator["seconds_per_1000_texts"], results
+    assert embedder["dp"]["accuracy_mean"] > 0.55, results

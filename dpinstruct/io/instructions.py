@@ -48,10 +48,11 @@ def _record(obj: dict, path: Path, where: str) -> Record:
     return Record(rid, values[REQUIRED], values["user_id"] or None, where)
 
 
-def _read_jsonl(path: Path) -> list[Record]:
-    out = []
+def json_objects(path: Path, raw: bytes):
+    """(line number, object) of each non-blank line of a JSON Lines file's bytes; ``InputError``
+    naming the line for bad UTF-8, malformed JSON or a value that is not an object."""
     # split on "\n" only: str.splitlines() also breaks on U+2028 etc., which JSON strings may hold
-    for n, line in enumerate(_text(path.read_bytes(), path).split("\n"), start=1):
+    for n, line in enumerate(_text(raw, path).split("\n"), start=1):
         if not line.strip():
             continue
         try:
@@ -60,8 +61,11 @@ def _read_jsonl(path: Path) -> list[Record]:
             raise InputError(path, f"malformed JSON ({e.msg} at column {e.colno})", line=n) from None
         if not isinstance(obj, dict):
             raise InputError(path, f"expected a JSON object, got {type(obj).__name__}", line=n)
-        out.append(_record(obj, path, f"line {n}"))
-    return out
+        yield n, obj
+
+
+def _read_jsonl(path: Path) -> list[Record]:
+    return [_record(obj, path, f"line {n}") for n, obj in json_objects(path, path.read_bytes())]
 
 
 def _read_csv(path: Path) -> list[Record]:

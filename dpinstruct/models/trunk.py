@@ -10,8 +10,9 @@ most of three 30-layer forwards.
 
 The split swaps the decoder's layer list (and, for the trunk, its final norm) for the duration of
 one call, so the forward is the model's own: masks, rotary positions and adapter hooks (opacus'
-per-example gradient hooks included) are untouched. Rows must not be padded: positions are
-0..len-1 in every row, as in DP-PPO's fixed-length rollouts.
+per-example gradient hooks included) are untouched. Without ``attention_mask`` rows must not be
+padded (positions 0..len-1 in every row, as in DP-PPO's fixed-length rollouts); padded rows (RLHF's
+chat prompts) pass their mask and per-row ``position_ids`` to both halves.
 """
 from __future__ import annotations
 
@@ -39,21 +40,26 @@ def _swapped(stack: torch.nn.Module, layers: torch.nn.ModuleList, norm: torch.nn
         stack.layers, stack.norm = saved
 
 
+def _rows(kwargs: dict, i: int, j: int) -> dict:
+    return {k: v[i:j] for k, v in kwargs.items() if v is not None}
+
+
 @torch.no_grad()
-def trunk(model, ids: torch.Tensor, start: int, batch_size: int = 32) -> torch.Tensor:
+def trunk(model, ids: torch.Tensor, start: int, batch_size: int = 32, *, attention_mask=None,
+          position_ids=None) -> torch.Tensor:
     """[rows, len, hidden]: the hidden states entering layer ``start`` (the embeddings when 0)."""
-    stack = decoder(model)
+    stack, extra = decoder(model), {"attention_mask": attention_mask, "position_ids": position_ids}
     with _swapped(stack, stack.layers[:start], torch.nn.Identity()):
-        return torch.cat([stack(input_ids=ids[i:i + batch_size]).last_hidden_state
+        return torch.cat([stack(input_ids=ids[i:i + batch_size], **_rows(extra, i, i + batch_size)).last_hidden_state
                           for i in range(0, len(ids), batch_size)])
 
 
-def top_hidden(model, hidden: torch.Tensor, start: int) -> torch.Tensor:
+def top_hidden(model, hidden: torch.Tensor, start: int, *, attention_mask=None, position_ids=None) -> torch.Tensor:
     """[rows, len, d] final (normed) hidden states from the trunk's ``hidden`` through layers
     ``start``..; ``model`` may be wrapped (peft, opacus: their hooks sit on the layers' modules)."""
-    stack = decoder(model)
+    stack, extra = decoder(model), {"attention_mask": attention_mask, "position_ids": position_ids}
     with _swapped(stack, stack.layers[start:], stack.norm):
-        return stack(inputs_embeds=hidden).last_hidden_state
+        return stack(inputs_embeds=hidden, **_rows(extra, 0, len(hidden))).last_hidden_state
 
 
 def output_head(model) -> torch.nn.Linear:

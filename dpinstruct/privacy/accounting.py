@@ -62,25 +62,6 @@ def epsilon_prv(components: list[tuple[float, float, int]], delta: float) -> flo
         return float(accountant.get_epsilon(delta=delta, eps_error=0.01))
 
 
-class RunningEpsilon:
-    """Epsilon spent after each DP-SGD step, composed incrementally (one PLD convolution per step
-    instead of recomposing all t steps from scratch, which at T=439 would cost minutes)."""
-
-    def __init__(self, noise_multiplier: float, sampling_rate: float, delta: float, steps_done: int = 0):
-        self.delta, self.private = delta, noise_multiplier > 0
-        if self.private:
-            self.step_event = dp_accounting.PoissonSampledDpEvent(sampling_rate, dp_accounting.GaussianDpEvent(noise_multiplier))
-            self.accountant = pld_privacy_accountant.PLDAccountant(value_discretization_interval=PLD_DISCRETISATION)
-            if steps_done:
-                self.accountant.compose(self.step_event, steps_done)
-
-    def step(self) -> float:
-        if not self.private:
-            return math.inf
-        self.accountant.compose(self.step_event)
-        return float(self.accountant.get_epsilon(self.delta))
-
-
 def check_delta(delta: float, n_records: int, name: str = "privacy.delta") -> None:
     if not 0 < delta < 1 / n_records:
         raise PrivacyConfigError(

@@ -10,16 +10,31 @@ with fresh noise. The body of a step is the stage's own (a batch of examples, or
 from __future__ import annotations
 
 import logging
+import math
 from pathlib import Path
 
 from tqdm import tqdm
 
 from dpinstruct.io import checkpoint
+from dpinstruct.io.artifacts import file_digest
 from dpinstruct.io.params import params_hash
+from dpinstruct.layout import imported_files
 from dpinstruct.privacy import accounting as acct
 from dpinstruct.privacy.randomness import DPRandom
 
 log = logging.getLogger(__name__)
+EPSILON_POINTS = 20
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def code_digest(stage: str) -> str:
+    """One digest of every project file the stage's module runs (its import closure, the same set
+    its dvc.yaml deps must cover): a checkpoint made by other code is never resumed, since a run
+    continued under changed code would match neither version."""
+    module = ROOT / "stages" / f"{stage}.py"
+    if not module.exists():
+        raise FileNotFoundError(f"DPLoop needs the stage module {module} to key its checkpoints")
+    return params_hash(*(f"{f.as_posix()}:{file_digest(ROOT / f)}" for f in sorted(imported_files(ROOT, module))))
 
 
 class DPLoop:
@@ -29,7 +44,7 @@ class DPLoop:
         self.sampler = DPRandom.for_purpose(f"{stage}/poisson", *binding, privacy=privacy)
         self.noise = DPRandom.for_purpose(f"{stage}/noise", *binding, privacy=privacy)
         # A checkpoint is resumed only by the very same run: params, plan, data, weights, code and key.
-        self.run_key = params_hash(*run_key_parts, self.sampler.resume_tag(), self.noise.resume_tag())
+        self.run_key = params_hash(*run_key_parts, code_digest(stage), self.sampler.resume_tag(), self.noise.resume_tag())
         self.steps, self.noise_multiplier, self.sampling_rate, self.delta = steps, noise_multiplier, sampling_rate, delta
         self.checkpoint_dir, self.live_dir, self.checkpoint_every = Path(checkpoint_dir), str(live_dir), checkpoint_every
         self.metrics: dict = {}
@@ -53,7 +68,9 @@ class DPLoop:
         # The curves restart from the checkpoint's history, not from the DVCLive folder: DVC deletes a
         # stage's outputs before re-running it, so a resumed run would otherwise log from step 0 again.
         history = list(state["history"]) if state else []
-        spent = acct.RunningEpsilon(self.noise_multiplier, self.sampling_rate, self.delta, steps_done=start)
+        # Epsilon is composed at EPSILON_POINTS steps at most (and the last): one PLD composition costs
+        # ~0.5 s, which at hundreds of cheap steps (the reward model's head) would dominate the stage.
+        every, eps = max(1, math.ceil(self.steps / EPSILON_POINTS)), math.inf
         live = Live(self.live_dir, resume=False, save_dvc_exp=False, dvcyaml=None, report=None)
         live.summary.update(summary or {})
         for logged in history:
@@ -64,10 +81,13 @@ class DPLoop:
         for step in bar:
             self.metrics = {}
             yield step
-            eps = spent.step()
+            due = (step + 1) % every == 0 or step + 1 == self.steps
+            if due and self.noise_multiplier > 0:
+                eps = acct.epsilon_pld([acct.dp_sgd_event(self.noise_multiplier, self.sampling_rate, step + 1)],
+                                       self.delta)
             bar.set_postfix({k: (f"{v:.3f}" if isinstance(v, float) else v) for k, v in self.metrics.items()},
                             eps=f"{eps:.2f}")
-            logged = dict(self.metrics, **({"epsilon": eps} if self.noise_multiplier > 0 else {}))
+            logged = dict(self.metrics, **({"epsilon": eps} if due and self.noise_multiplier > 0 else {}))
             for name, value in logged.items():
                 live.log_metric(name, value)
             live.next_step()

@@ -12,4 +12,11 @@ i.e. one private review's opening: all the rollouts of a prompt, their policy lo
 ONE clipped example (``ppo``). Nothing else reads private prompts: there is no value head and no
 reward normalisation across prompts; each prompt's baseline is the mean shaped reward of its own
 rollouts, which is part of that prompt's clipped contribution.
+
+Task (ii) and RLHF on the release (Yu et al. 2024, section 5): a Bradley-Terry reward model trained
+under DP on private human preference pairs (dataset ``hh_rlhf``; the privacy unit is one
+comparison: ``preferences``, ``preference_reward``, ``bradley_terry``), then PPO whose prompts are the
+DP synthetic instructions (``rlhf``). Both inputs of that PPO are DP outputs, so it is
+post-processing and needs no mechanism of its own; the same run on the real private instructions is
+the non-private reference.
 """

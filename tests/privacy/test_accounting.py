@@ -134,13 +134,3 @@ def test_ledger_entry_round_trips_its_event_and_is_strict_json():
                                    event=acct.dp_sgd_event(0.0, 0.05, 40))
     assert json.loads(json.dumps(nonprivate, allow_nan=False))["epsilon"] == "inf"
     assert nonprivate["private"] is False
-
-
-def test_running_epsilon_equals_recomposition_from_scratch():
-    sigma, q, delta = 0.8, 0.05, 1e-5
-    running = acct.RunningEpsilon(sigma, q, delta, steps_done=3)
-    eps = [running.step() for _ in range(3)]
-    for t, e in zip((4, 5, 6), eps):
-        assert e == pytest.approx(acct.epsilon_pld([acct.dp_sgd_event(sigma, q, t)], delta), rel=1e-6)
-    assert eps[0] < eps[1] < eps[2]
-    assert math.isinf(acct.RunningEpsilon(0.0, q, delta).step())

@@ -29,6 +29,14 @@ def test_shipped_pipeline_passes_and_classes_are_as_designed():
     assert arts["data/adapters/generator"].privacy == "dp"
     assert arts["metrics/privacy/train_generator.json"].privacy == "dp"
     assert arts["metrics/eval.json"].privacy == "private"
+    # issue 17: the DP reward model is dp through its own mechanism; RLHF on the release or FLAN is
+    # post-processing of DP outputs, on the real split it is private
+    assert arts["data/models/dp_reward_model"].privacy == "dp"
+    assert arts["data/models/dp_reward_model"].mechanisms == {"dp_reward_model"}
+    assert arts["data/models/gold_reward"].privacy == "private"
+    assert arts["data/adapters/rlhf/release"].mechanisms == {"dp_reward_model", "train_generator", "histogram"}
+    assert arts["data/adapters/rlhf/flan"].privacy == "dp"
+    assert arts["data/adapters/rlhf/real"].privacy == "private"
 
 
 @pytest.fixture
@@ -104,6 +112,23 @@ MISWIRED = {
     "code_writes_an_undeclared_file": (
         lambda s: s["resample"]["metrics"].clear(),
         "stage resample: its code refers to metrics/resample.json, which is neither a dep nor an out"),
+    # issue 17: the gold reward model (non-private, every comparison) judges the policies, never trains them
+    "gold_model_feeds_rlhf_training": (
+        lambda s: s["rlhf_ppo"]["do"]["deps"].append("data/models/gold_reward"),
+        "stage rlhf_ppo@release reads data/models/gold_reward, reserved for evaluation by reward_models"),
+    "non_private_reference_feeds_training": (
+        lambda s: s["rlhf_ppo"]["do"]["deps"].append("data/models/reward_reference"),
+        "reads data/models/reward_reference, reserved for evaluation"),
+    "evaluation_report_feeds_training": (
+        lambda s: s["sft"]["do"]["deps"].append("metrics/rlhf.json"),
+        "stage sft@release reads metrics/rlhf.json, reserved for evaluation by evaluate_rlhf (an evaluation stage's "
+        "output)"),
+    "gold_model_read_by_a_stage_not_marked_evaluation": (
+        lambda s: s["evaluate_rlhf"]["meta"].pop("evaluation"),
+        "stage evaluate_rlhf reads data/models/gold_reward, reserved for evaluation"),
+    "reward_model_relabelled_dp_skipping_its_mechanism": (
+        lambda s: s["dp_reward_model"]["meta"].pop("dp_mechanism"),
+        "stage dp_reward_model (class dp) reads data/rlhf/features.parquet (class private"),
 }
 
 
@@ -191,3 +216,14 @@ def test_annotations_and_adapters_keep_their_inputs_class():
         assert arts[f"data/annotated/{name}.parquet"].privacy == cls
         if name != "test":
             assert arts[f"data/adapters/sft/{name}"].privacy == cls
+
+
+def test_the_report_states_each_datasets_guarantee_for_an_artifact_of_two():
+    # the release's RLHF policy descends from the instructions (the release) and from hh_rlhf (the DP
+    # reward model): two separate guarantees, never one figure for both
+    stages = lineage.load_stages(REPO)
+    problems, arts = lineage.check(REPO, stages)
+    row = next(line for line in lineage.report(REPO, stages, arts).splitlines()
+               if line.startswith("| `data/adapters/rlhf/release`"))
+    assert "hh_rlhf: " in row and "(dp_reward_model)" in row
+    assert "instructions: " in row and "(histogram + train_generator)" in row

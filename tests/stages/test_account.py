@@ -22,7 +22,11 @@ Q, T, SIGMA, HIST, DELTA = 0.0334, 15, 0.56, 10.0, 1e-5
 IMDB = {"dp_sft": ("sft", 0.9, 0.005, 12), "dp_ppo": ("ppo", 0.8, 0.005, 10)}  # partition, sigma, q, steps
 
 
-def write_ledger(sigma=SIGMA, hist=HIST, delta=DELTA, stages=("train_generator", "histogram", "dp_sft", "dp_ppo"),
+HH = (0.92, 0.05, 400)  # the reward model's sigma, q, steps (dataset hh_rlhf, partition reward)
+
+
+def write_ledger(sigma=SIGMA, hist=HIST, delta=DELTA,
+                 stages=("train_generator", "histogram", "dp_sft", "dp_ppo", "dp_reward_model"),
                  rl_delta=DELTA, ppo_partition="ppo"):
     Path("metrics/privacy").mkdir(parents=True, exist_ok=True)
     entries = {
@@ -39,14 +43,19 @@ def write_ledger(sigma=SIGMA, hist=HIST, delta=DELTA, stages=("train_generator",
                                           partition=ppo_partition if name == "dp_ppo" else partition,
                                           noise_multiplier=s, sampling_rate=q, steps=t, sensitivity=1.0,
                                           delta=rl_delta, event=acct.dp_sgd_event(s, q, t))
+    entries["dp_reward_model"] = ledger.make_entry(stage="dp_reward_model", mechanism="poisson_subsampled_gaussian",
+                                                   dataset="hh_rlhf", partition="reward", noise_multiplier=HH[0],
+                                                   sampling_rate=HH[1], steps=HH[2], sensitivity=1.0, delta=DELTA,
+                                                   event=acct.dp_sgd_event(*HH))
     for name in stages:
         Path(ledger.entry_path(name)).write_text(json.dumps(entries[name]))
 
 
-def run(epsilon=6.0, delta=DELTA, rl_epsilon=4.0):
+def run(epsilon=6.0, delta=DELTA, rl_epsilon=4.0, rlhf_epsilon=8.0):
     with Outputs() as out:
         return account.account({"privacy": {"epsilon": epsilon, "delta": delta},
-                                "rl": {"privacy": {"epsilon": rl_epsilon, "delta": DELTA}}}, out)
+                                "rl": {"privacy": {"epsilon": rl_epsilon, "delta": DELTA}},
+                                "rlhf": {"privacy": {"epsilon": rlhf_epsilon, "delta": DELTA}}}, out)
 
 
 def test_account_equals_independent_dp_accounting(tmp_path, monkeypatch):
@@ -131,3 +140,27 @@ def test_a_shared_part_composes_sequentially_and_is_held_to_its_budget(tmp_path,
     assert run(rl_epsilon=10.0)["datasets"]["imdb"]["epsilon"] == pytest.approx(both, abs=1e-8)
     with pytest.raises(PrivacyConfigError, match="dataset imdb: composed epsilon .* exceeds rl.privacy.epsilon"):
         run(rl_epsilon=both - 0.1)
+
+
+def test_the_reward_models_dataset_has_its_own_guarantee_and_budget(tmp_path, monkeypatch):
+    # hh_rlhf's preference pairs are not instructions: its entry composes alone, and using the
+    # release as RLHF prompts adds nothing to the release's guarantee
+    monkeypatch.chdir(tmp_path)
+    write_ledger()
+    result = run()
+    hh = result["datasets"]["hh_rlhf"]
+    independent = pld_privacy_accountant.PLDAccountant(value_discretization_interval=1e-4)
+    independent.compose(dp_accounting.SelfComposedDpEvent(
+        dp_accounting.PoissonSampledDpEvent(HH[1], dp_accounting.GaussianDpEvent(HH[0])), HH[2]))
+    assert 0 <= hh["epsilon"] - independent.get_epsilon(DELTA) <= 1e-9
+    assert hh["budget"] == "rlhf.privacy" and set(hh["partitions"]) == {"reward"}
+    assert result["stages"]["dp_reward_model"]["dataset"] == "hh_rlhf"
+    assert result["epsilon"] == result["datasets"]["instructions"]["epsilon"]
+    assert result["datasets"]["instructions"]["partitions"]["all"]["stages"] == ["histogram", "train_generator"]
+    with pytest.raises(PrivacyConfigError, match="dataset hh_rlhf: composed epsilon .* exceeds rlhf.privacy.epsilon"):
+        write_ledger()
+        run(rlhf_epsilon=hh["epsilon"] - 0.1)
+    for p in Path("metrics/privacy").glob("dp_reward_model.json"):
+        p.unlink()
+    with pytest.raises(PrivacyConfigError, match="expected ledger entries .*'hh_rlhf': \\[\\]"):
+        run()

@@ -55,6 +55,10 @@ def test_release_from_real_data(project, embedder_dir):
                                sampling_rate=0.005, steps=10, sensitivity=1.0, delta=p["rl"]["privacy"]["delta"],
                                event=acct.dp_sgd_event(0.5, 0.005, 10))
         Path(ledger.entry_path(name)).write_text(json.dumps(rl))
+    hh = ledger.make_entry(stage="dp_reward_model", mechanism="m", dataset="hh_rlhf", partition="reward",
+                           noise_multiplier=1.0, sampling_rate=0.05, steps=100, sensitivity=1.0,
+                           delta=p["rlhf"]["privacy"]["delta"], event=acct.dp_sgd_event(1.0, 0.05, 100))
+    Path(ledger.entry_path("dp_reward_model")).write_text(json.dumps(hh))
     step(histogram.histogram, p)
     metrics = step(resample.resample, p)
     result = step(account.account, p)

@@ -60,8 +60,11 @@ def digest(path) -> str:
 
 
 def instructions_ledger():
-    for name, sigma, q, steps in (("train_generator", 0.6, 0.03, 15), ("histogram", 10.0, 1.0, 1)):
-        entry = ledger.make_entry(stage=name, mechanism="m", dataset="instructions", partition="all",
+    """The other datasets' entries (account wants every dataset's mechanisms)."""
+    for name, sigma, q, steps in (("train_generator", 0.6, 0.03, 15), ("histogram", 10.0, 1.0, 1),
+                                  ("dp_reward_model", 1.0, 0.05, 100)):
+        dataset, part = ("hh_rlhf", "reward") if name == "dp_reward_model" else ("instructions", "all")
+        entry = ledger.make_entry(stage=name, mechanism="m", dataset=dataset, partition=part,
                                   noise_multiplier=sigma, sampling_rate=q, steps=steps, sensitivity=1.0, delta=1e-5,
                                   event=acct.component_event(sigma, q, steps))
         Path(ledger.entry_path(name)).write_text(json.dumps(entry))

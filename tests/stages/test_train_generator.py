@@ -4,6 +4,7 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -140,6 +141,19 @@ def test_the_key_replays_the_adapter_and_another_key_does_not(project, monkeypat
     monkeypatch.setenv("DPINSTRUCT_KEY_FILE", str(tmp_path_factory.mktemp("key") / "other.key"))
     run(project)
     assert adapter_digest(project.root) != first
+
+
+def test_a_checkpoint_made_by_other_code_is_not_resumed(project, monkeypatch):
+    # any file the stage runs counts, not only the stage module: here randomness.py "changed"
+    from dpinstruct.privacy import dp_loop
+
+    tiny(project)
+    real_step = kill_after_two_steps(project, monkeypatch)
+    real_digest = dp_loop.file_digest
+    monkeypatch.setattr(dp_loop, "file_digest", lambda p: real_digest(p) + ("x" if Path(p).name == "randomness.py" else ""))
+    steps_taken = []
+    monkeypatch.setattr(dp_adam.DPAdam, "step", lambda self, m: steps_taken.append(1) or real_step(self, m))
+    assert run(project)["steps"] == len(steps_taken) == 3
 
 
 def test_a_checkpoint_made_under_another_key_is_not_resumed(project, monkeypatch, tmp_path_factory):

@@ -1,0 +1,62 @@
+"""Stage `hh_prepare`: the PRIVATE human preference pairs (HH-RLHF harmless), checked and split.
+
+``rlhf.data.private_path`` -> data/rlhf/pairs.parquet (id, prompt, chosen, rejected, partition),
+class private. Bad input stops the stage with the file, line and field (``read_pairs``); the
+pairs that do not compare two answers to one prompt are dropped and counted
+(``comparisons``). A comparison goes to ``reward`` (the DP reward model's part) or ``heldout``
+(accuracy, never trained on by the models under comparison) by a seeded hash of its id alone
+(``partition_of``), so the split is a rule on each pair and the held-out part is disjoint from the
+DP mechanism's input. Only counts are logged, into metrics/rlhf/prepare.json (private).
+"""
+from __future__ import annotations
+
+import logging
+
+import pyarrow as pa
+
+from dpinstruct.io import params as P
+from dpinstruct.io import quality
+from dpinstruct.io.artifacts import table_metadata
+from dpinstruct.io.errors import ConfigError, InputError
+from dpinstruct.io.runner import run_stage
+from dpinstruct.rl.data import partition_of
+from dpinstruct.rl.preferences import SCHEMA, comparisons, read_pairs
+
+log = logging.getLogger("stages.hh_prepare")
+STAGE = "hh_prepare"
+OUT, METRICS = "data/rlhf/pairs.parquet", "metrics/rlhf/prepare.json"
+
+
+def shares(cfg: dict) -> dict[str, float]:
+    heldout = P.as_float(cfg["heldout_share"])
+    if not 0 < heldout < 1:
+        raise ConfigError("rlhf.data.heldout_share", f"must be in (0, 1), got {heldout}")
+    return {"reward": 1 - heldout, "heldout": heldout}
+
+
+def hh_prepare(params: dict, out) -> dict:
+    cfg = P.section(P.section(params, "rlhf"), "data")
+    path, parts = cfg["private_path"], shares(cfg)
+    raw = read_pairs(path)
+    pairs, dropped = comparisons(raw)
+    if pairs.empty:
+        raise InputError(path, "no pair compares two answers to one prompt")
+    pairs["partition"] = pairs.id.map(lambda i: partition_of(i, int(cfg["partition_seed"]), parts))
+    table = pa.Table.from_pandas(pairs[SCHEMA.names], schema=SCHEMA, preserve_index=False)
+    report = quality.check(pairs, "rlhf/pairs", quality.table_rules(columns=SCHEMA.names, non_null=SCHEMA.names,
+                                                                     unique=["id"]))
+    out.write_parquet(table, OUT, SCHEMA, table_metadata(STAGE, P.params_hash(cfg), "private", source=str(path)))
+    out.write_json(report, quality.report_path("rlhf/pairs"))
+    metrics = {"read": len(raw), **dropped, **{name: int((pairs.partition == name).sum()) for name in parts}}
+    out.write_json(metrics, METRICS)
+    log.info("private preference pairs: %s", metrics)
+    return metrics
+
+
+def main() -> None:
+    with run_stage(STAGE) as out:
+        hh_prepare(P.load(), out)
+
+
+if __name__ == "__main__":
+    main()
