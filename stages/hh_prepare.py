@@ -43,8 +43,7 @@ def hh_prepare(params: dict, out) -> dict:
         raise InputError(path, "no pair compares two answers to one prompt")
     pairs["partition"] = pairs.id.map(lambda i: partition_of(i, int(cfg["partition_seed"]), parts))
     table = pa.Table.from_pandas(pairs[SCHEMA.names], schema=SCHEMA, preserve_index=False)
-    report = quality.check(pairs, "rlhf/pairs", quality.table_rules(columns=SCHEMA.names, non_null=SCHEMA.names,
-                                                                     unique=["id"]))
+    report = quality.check(pairs, "rlhf/pairs", quality.table_rules(columns=SCHEMA.names, non_null=SCHEMA.names))
     out.write_parquet(table, OUT, SCHEMA, table_metadata(STAGE, P.params_hash(cfg), "private", source=str(path)))
     out.write_json(report, quality.report_path("rlhf/pairs"))
     metrics = {"read": len(raw), **dropped, **{name: int((pairs.partition == name).sum()) for name in parts}}

@@ -94,3 +94,20 @@ def test_no_committed_rl_dp_file_states_a_partition_size():
     for stage in ("dp_sft", "dp_ppo"):
         entry = json.loads((REPO / f"metrics/privacy/{stage}.json").read_text())
         assert entry["sampling_rate"] == float(yaml.safe_load((REPO / "params.yaml").read_text())["rl"][stage]["sampling_rate"])
+
+
+def test_no_committed_hh_rlhf_dp_file_states_a_part_size():
+    # The preference pairs: their counts are in the (private) prepare metrics and the (private)
+    # evaluation only; the DP reward model's ledger entry and the dp RLHF curves (release and FLAN
+    # prompts; the real split's are private) must not state them.
+    counts = json.loads((REPO / "metrics/rlhf/prepare.json").read_text())
+    sizes = {counts["reward"], counts["heldout"], counts["read"], counts["reward"] + counts["heldout"]}
+    dp_files = [REPO / "metrics/privacy.json", REPO / "metrics/privacy/dp_reward_model.json",
+                *(REPO / f"dvclive/rlhf_ppo/{source}/metrics.json" for source in ("release", "flan"))]
+    for f in dp_files:
+        text = f.read_text()
+        for n in sizes:
+            assert not re.search(rf"(?<![\d.]){n}(?![\d])", text), f"{f} states a part size {n}"
+    entry = json.loads((REPO / "metrics/privacy/dp_reward_model.json").read_text())
+    assert entry["sampling_rate"] == float(yaml.safe_load((REPO / "params.yaml").read_text())["rlhf"]["dp_reward_model"]["sampling_rate"])
+    assert entry["dataset_size"].startswith("not published")

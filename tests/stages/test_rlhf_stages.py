@@ -7,6 +7,7 @@ from __future__ import annotations
 import gzip
 import json
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +17,7 @@ import pytest
 import yaml
 
 from dpinstruct.io.artifacts import Outputs, table_metadata, write_parquet
-from dpinstruct.io.errors import ConfigError, InputError
+from dpinstruct.io.errors import ConfigError, InputError, PrivacyConfigError
 from dpinstruct.privacy import accounting as acct
 from dpinstruct.privacy import ledger
 from dpinstruct.rl import bradley_terry as bt
@@ -129,7 +130,7 @@ def test_unsafe_or_unusable_settings_are_refused(project):
     run(hh_prepare.hh_prepare, project)
     run(preference_features.preference_features, project)
     project["rlhf"]["privacy"].update(delta=0.5)  # delta >= 1/N would allow releasing a comparison in the clear
-    with pytest.raises(Exception, match=r"rlhf.privacy.delta=0.5 must be in \(0, 1/N\)"):
+    with pytest.raises(PrivacyConfigError, match=r"rlhf.privacy.delta=0.5 must be in \(0, 1/N\)"):
         run(dp_reward_model.dp_reward_model, project)
     assert not Path(dp_reward_model.MODEL_DIR).exists()
     with pytest.raises(ConfigError, match="unknown prompt source 'judge'"):
@@ -137,3 +138,18 @@ def test_unsafe_or_unusable_settings_are_refused(project):
     project["rlhf"]["rlhf_ppo"].update(rollouts=1)
     with pytest.raises(ConfigError, match="rollouts >= 2"):
         run(rlhf_ppo.rlhf_ppo, "release", project)
+
+
+def test_the_dp_reward_model_replays_with_the_key_and_not_without_it(project, monkeypatch, tmp_path):
+    # An attacker holds the features' digest, params.yaml and the code; without the key the model's
+    # Poisson draws and noise cannot be replayed (so they cannot be subtracted from the weights).
+    run(hh_prepare.hh_prepare, project)
+    run(preference_features.preference_features, project)
+    weights = []
+    for key in ("a", "a", "b"):
+        monkeypatch.setenv("DPINSTRUCT_KEY_FILE", str(tmp_path / f"key-{key}"))
+        shutil.rmtree(dp_reward_model.CHECKPOINT_DIR, ignore_errors=True)
+        run(dp_reward_model.dp_reward_model, project)
+        weights.append(json.loads((dp_reward_model.MODEL_DIR / "reward_model.json").read_text())["weight"])
+        shutil.rmtree(dp_reward_model.MODEL_DIR)
+    assert weights[0] == weights[1] and weights[0] != weights[2]
