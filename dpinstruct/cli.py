@@ -12,6 +12,9 @@ COMMANDS = {  # name -> (module, one-line summary)
                 "check the privacy class of every artifact on the DVC graph (optionally write the lineage report)"),
     "export": ("dpinstruct.privacy.bundle",
                "write the release bundle: the release, its privacy record and dataset card; nothing private"),
+    "audit": ("dpinstruct.canary_audit",
+              ("empirical privacy audit: canaries, one training run each at the run's epsilon and at inf, "
+               "a lower bound on epsilon (Steinke et al. 2023)")),
     "sweep": ("dpinstruct.sweep",
               "run one DVC experiment per privacy.epsilon and tabulate privacy against utility"),
 }

@@ -3,9 +3,10 @@
 Reads every ledger entry under metrics/privacy/ and composes them by dataset
 (dpinstruct/privacy/composition.py): sequentially within a partition (PLD, with opacus' PRV as
 cross-check), in parallel (the maximum) across disjoint partitions of one dataset, separately per
-dataset. Each dataset has its own budget in params (``BUDGETS``). Writes metrics/privacy.json: the
-release's guarantee at the top level (``epsilon``, ``delta``, ...: the ``instructions`` dataset)
-and every dataset's under ``datasets``. The run fails when a dataset's composed epsilon exceeds its
+dataset, all of a dataset's entries under one neighbouring relation (a record, or a user). Each
+dataset has its own budget in params (``BUDGETS``). Writes metrics/privacy.json: the release's
+guarantee at the top level (``epsilon``, ``delta``, ...: the ``instructions`` dataset) and every
+dataset's under ``datasets``. The run fails when a dataset's composed epsilon exceeds its
 target by EITHER accountant, by any amount: every mechanism's noise was calibrated so that both
 fit, so an excess means the ledger and the budget disagree (for example a stale entry), and
 nothing may be released.
@@ -54,7 +55,11 @@ def account(params: dict, out) -> dict:
         if stale:
             raise PrivacyConfigError(f"ledger entries {stale} were made at another delta than {BUDGETS[name]}.delta="
                                      f"{delta}: re-run them (dvc repro)")
-        guarantee = compose_dataset(mine, delta)
+        relations = sorted({e.get("neighbouring", acct.NEIGHBOURING) for e in mine})
+        if len(relations) > 1:
+            raise PrivacyConfigError(f"dataset {name}: ledger entries under different neighbouring relations "
+                                     f"{relations} do not compose; re-run them on the same data (dvc repro)")
+        guarantee = {**compose_dataset(mine, delta), "neighbouring": relations[0]}
         within = math.isinf(target) or (guarantee["epsilon"] <= target and guarantee["epsilon_prv"] <= target)
         if not within:
             raise PrivacyConfigError(f"dataset {name}: composed epsilon {guarantee['epsilon']:.4f} (PRV "
@@ -67,7 +72,7 @@ def account(params: dict, out) -> dict:
     result = ledger.finite({
         **{k: release[k] for k in ("epsilon", "delta", "epsilon_prv", "target_epsilon", "within_budget", "private",
                                    "accountant")},
-        "neighbouring": acct.NEIGHBOURING, "datasets": datasets,
+        "neighbouring": release["neighbouring"], "datasets": datasets,
         "stages": {e["stage"]: {k: e[k] for k in ("dataset", "partition", "mechanism", "noise_multiplier",
                                                    "sampling_rate", "steps", "sensitivity", "epsilon", "epsilon_prv")}
                    for e in entries},

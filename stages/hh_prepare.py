@@ -14,6 +14,7 @@ import logging
 
 import pyarrow as pa
 
+from dpinstruct.io import config_checks as checks
 from dpinstruct.io import params as P
 from dpinstruct.io import quality
 from dpinstruct.io.artifacts import table_metadata
@@ -28,7 +29,7 @@ OUT, METRICS = "data/rlhf/pairs.parquet", "metrics/rlhf/prepare.json"
 
 
 def shares(cfg: dict) -> dict[str, float]:
-    heldout = P.as_float(cfg["heldout_share"])
+    heldout = checks.number(cfg, "heldout_share", "rlhf.data")
     if not 0 < heldout < 1:
         raise ConfigError("rlhf.data.heldout_share", f"must be in (0, 1), got {heldout}")
     return {"reward": 1 - heldout, "heldout": heldout}
@@ -36,7 +37,8 @@ def shares(cfg: dict) -> dict[str, float]:
 
 def hh_prepare(params: dict, out) -> dict:
     cfg = P.section(P.section(params, "rlhf"), "data")
-    path, parts = cfg["private_path"], shares(cfg)
+    path, parts = checks.path(cfg, "private_path", "rlhf.data"), shares(cfg)
+    checks.integer(cfg, "partition_seed", "rlhf.data")
     raw = read_pairs(path)
     pairs, dropped = comparisons(raw)
     if pairs.empty:

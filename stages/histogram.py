@@ -9,6 +9,8 @@ leaves the stage (class dp); the exact counts exist only in memory. The noise co
 secret-keyed stream bound to this run's params and inputs (replayable by the key's holder only) or,
 with privacy.secure_mode, from the OS's CSPRNG (dpinstruct/privacy/randomness.py); never from a seed.
 A non-private run (privacy.epsilon: .inf) releases the exact counts and its ledger says so.
+When the train split names users, the unit is the user: each user's records share ONE vote
+(1/n each, L2 sensitivity still 1; dpinstruct/privacy/user_level.py).
 """
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ import logging
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 
 from dpinstruct.embeddings import bucketing, embedding_io
@@ -24,14 +27,15 @@ from dpinstruct.io import quality
 from dpinstruct.io.artifacts import file_digest, read_metadata, read_table, table_metadata
 from dpinstruct.io.runner import run_stage
 from dpinstruct.privacy import accounting as acct
-from dpinstruct.privacy import ledger
-from dpinstruct.privacy.histogram import noisy_histogram
+from dpinstruct.privacy import ledger, user_level
+from dpinstruct.privacy.histogram import exact_counts, release
 from dpinstruct.privacy.randomness import DPRandom
 
 log = logging.getLogger("stages.histogram")
 DATASET = "instructions"  # the private dataset this mechanism touches (ledger, composition)
 STAGE = "histogram"
 TRAIN_EMBEDDINGS = Path("data/embeddings/train.parquet")
+TRAIN = Path("data/prepared/train.parquet")  # only its id and user_id columns
 BUCKETS = Path("data/clusters/buckets.parquet")
 NOISY = Path("data/histogram/noisy_histogram.parquet")
 SCHEMA = pa.schema([pa.field("cluster", pa.int32(), nullable=False), pa.field("noisy_count", pa.float64(), nullable=False)])
@@ -40,15 +44,21 @@ METRICS = "metrics/histogram.json"
 
 def histogram(params: dict, out) -> dict:
     cfg, privacy = P.section(params, STAGE), P.section(params, "privacy")
-    _, private = embedding_io.read(TRAIN_EMBEDDINGS)
+    ids, private = embedding_io.read(TRAIN_EMBEDDINGS)
+    users = pd.read_parquet(TRAIN, columns=["id", "user_id"]).set_index("id").user_id.reindex(ids)
+    units = user_level.unit_index(users, ids) if user_level.has_users(users) else None
     # Refuses unsafe settings before any counting; the same rule the generator's plan used.
-    sigma = acct.histogram_noise(params.get("privacy"), params.get(STAGE), len(private))
+    n_units = len(private) if units is None else int(units.max()) + 1
+    sigma = acct.histogram_noise(params.get("privacy"), params.get(STAGE), n_units)
     buckets = bucketing.from_table(read_table(BUCKETS), read_metadata(BUCKETS)["buckets"])
     phash = P.params_hash(cfg, privacy)
-    random = DPRandom.for_purpose(f"{STAGE}/noise", phash, file_digest(TRAIN_EMBEDDINGS), file_digest(BUCKETS),
-                                  privacy=privacy)
+    binding = (phash, file_digest(TRAIN_EMBEDDINGS), file_digest(BUCKETS),
+               *(() if units is None else (file_digest(TRAIN),)))  # who is who changes the counts too
+    random = DPRandom.for_purpose(f"{STAGE}/noise", *binding, privacy=privacy)
     secure = not random.replayable
-    noisy = noisy_histogram(buckets.assign(private), len(buckets.centroids), sigma, random)
+    labels, k = buckets.assign(private), len(buckets.centroids)
+    exact = exact_counts(labels, k) if units is None else user_level.user_votes(labels, units, k)
+    noisy = release(exact, sigma, random)
     table = pa.table({"cluster": np.arange(len(noisy), dtype=np.int32), "noisy_count": noisy}, schema=SCHEMA)
     report = quality.check(table.to_pandas(), "histogram/noisy_histogram", quality.table_rules(
         columns=SCHEMA.names, id_column="cluster", non_null=SCHEMA.names, between={"noisy_count": (0, None)}))
@@ -57,7 +67,8 @@ def histogram(params: dict, out) -> dict:
     delta = P.as_float(privacy["delta"])
     entry = ledger.make_entry(stage=STAGE, mechanism="gaussian", dataset=DATASET, partition="all",
                               noise_multiplier=sigma, sampling_rate=1.0, steps=1, sensitivity=1.0, delta=delta,
-                              event=acct.histogram_event(sigma), secure_mode=secure, params_hash=phash)
+                              event=acct.histogram_event(sigma), secure_mode=secure, params_hash=phash,
+                              **({} if units is None else {"neighbouring": user_level.NEIGHBOURING}))
     out.write_json(entry, ledger.entry_path(STAGE))
     # Only DP quantities: the noisy total, never the exact number of private records.
     metrics = {"clusters": len(noisy), "sigma": sigma, "noisy_total": float(noisy.sum()),

@@ -15,6 +15,7 @@ import logging
 
 import pyarrow as pa
 
+from dpinstruct.io import config_checks as checks
 from dpinstruct.io import params as P
 from dpinstruct.io import quality
 from dpinstruct.io.artifacts import table_metadata
@@ -33,7 +34,9 @@ PROMPTS_SCHEMA = PROMPT_SCHEMA.append(pa.field("partition", pa.string(), nullabl
 
 
 def shares(cfg: dict) -> dict[str, float]:
-    parts = {k: P.as_float(v) for k, v in cfg["partitions"].items()}
+    if not isinstance(cfg.get("partitions"), dict):
+        raise ConfigError("rl.data.partitions", f"must map sft and ppo to shares, got {cfg.get('partitions')!r}")
+    parts = {k: checks.number(cfg["partitions"], k, "rl.data.partitions") for k in cfg["partitions"]}
     if set(parts) != {"sft", "ppo"} or min(parts.values()) <= 0 or abs(sum(parts.values()) - 1) > 1e-9:
         raise ConfigError("rl.data.partitions", f"need positive shares of sft and ppo summing to 1, got {parts}")
     return parts
@@ -41,8 +44,10 @@ def shares(cfg: dict) -> dict[str, float]:
 
 def imdb_prepare(params: dict, out) -> dict:
     cfg = P.section(P.section(params, "rl"), "data")
-    path = cfg["private_path"]
+    path = checks.path(cfg, "private_path", "rl.data")
     parts = shares(cfg)
+    for key in ("min_tokens", "prompt_tokens", "sft_tokens", "partition_seed"):
+        checks.integer(cfg, key, "rl.data", minimum=0 if key == "partition_seed" else 1)
     if not int(cfg["min_tokens"]) >= int(cfg["prompt_tokens"]) >= 1:
         raise ConfigError("rl.data", f"need min_tokens >= prompt_tokens >= 1, got {cfg['min_tokens']}, "
                                      f"{cfg['prompt_tokens']}")
@@ -65,9 +70,9 @@ def imdb_prepare(params: dict, out) -> dict:
         table = pa.table(list(zip(*rows)), schema=schema) if rows else schema.empty_table()
         report = quality.check(table.to_pandas(), f"rl/{name}", quality.table_rules(columns=schema.names,
                                                                                     non_null=schema.names))
-        out.write_parquet(table, target, schema, table_metadata(STAGE, phash, "private", source=path))
+        out.write_parquet(table, target, schema, table_metadata(STAGE, phash, "private", source=str(path)))
         out.write_json(report, quality.report_path(f"rl/{name}"))
-    metrics = {"read": int(len(keep)), "too_short": int(len(keep) - sum(keep)),
+    metrics = {"read": len(keep), "too_short": int(len(keep) - sum(keep)),
                **{name: int((part == name).sum()) for name in parts}}
     out.write_json(metrics, METRICS)
     log.info("private IMDb reviews: %s", metrics)

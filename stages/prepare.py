@@ -12,6 +12,7 @@ import logging
 
 import pyarrow as pa
 
+from dpinstruct.io import config_checks as checks
 from dpinstruct.io import params as P
 from dpinstruct.io import quality
 from dpinstruct.io.artifacts import table_metadata
@@ -27,6 +28,7 @@ METRICS = "metrics/prepare.json"
 
 def prepare(params: dict, out) -> dict:
     data, cfg = P.section(params, "data"), P.section(params, "prepare")
+    check_settings(data, cfg)
     tokenizer = load_tokenizer(GENERATOR_DIR)
     phash = P.params_hash(data["private_path"], cfg, params["models"]["generator"])
     private, counts = clean(data["private_path"], tokenizer, cfg)
@@ -41,6 +43,16 @@ def prepare(params: dict, out) -> dict:
     out.write_json(metrics, METRICS)
     log.info("private: %s", metrics["private"])
     return metrics
+
+
+def check_settings(data: dict, cfg: dict) -> None:
+    """Wrong types stop here, naming the key, before the private file is opened."""
+    checks.path(data, "private_path", "data")
+    checks.cleaning(cfg, "prepare")
+    checks.integer(cfg, "seed", "prepare")
+    checks.integer(cfg, "test_size", "prepare", minimum=1)
+    checks.integer(cfg, "val_size", "prepare", minimum=1)
+    checks.integer(cfg, "train_size", "prepare", minimum=1, nullable=True)
 
 
 def main() -> None:

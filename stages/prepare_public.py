@@ -11,6 +11,7 @@ import logging
 
 import pyarrow as pa
 
+from dpinstruct.io import config_checks as checks
 from dpinstruct.io import params as P
 from dpinstruct.io import quality
 from dpinstruct.io.artifacts import table_metadata
@@ -28,6 +29,10 @@ def prepare_public(params: dict, out) -> dict:
     path = P.section(params, "data")["public_path"]
     filters = {k: P.section(params, "prepare")[k] for k in FILTER_KEYS}
     cfg = P.section(params, STAGE)
+    checks.path(P.section(params, "data"), "public_path", "data")
+    checks.cleaning(filters, "prepare")
+    checks.integer(cfg, "size", STAGE, minimum=1, nullable=True)
+    checks.integer(cfg, "seed", STAGE)
     tokenizer = load_tokenizer(GENERATOR_DIR)
     public, counts = clean(path, tokenizer, filters)
     if cfg.get("size"):  # a seeded sample: the public set only serves as a baseline and for evaluation

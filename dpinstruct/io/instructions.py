@@ -43,16 +43,40 @@ def _record(obj: dict, path: Path, where: str) -> Record:
             v = str(v)  # numeric ids are fine; keep them as text
         if v is not None and not isinstance(v, str):
             raise InputError(f"{path}, {where}", f"expected a string, got {type(v).__name__}", field=field)
+        check_text(v, f"{path}, {where}", field)
         values[field] = v
     rid = values["id"] if values["id"] not in (None, "") else f"{path.stem}:{where.replace(' ', '')}"
     return Record(rid, values[REQUIRED], values["user_id"] or None, where)
 
 
-def json_objects(path: Path, raw: bytes):
-    """(line number, object) of each non-blank line of a JSON Lines file's bytes; ``InputError``
-    naming the line for bad UTF-8, malformed JSON or a value that is not an object."""
-    # split on "\n" only: str.splitlines() also breaks on U+2028 etc., which JSON strings may hold
-    for n, line in enumerate(_text(raw, path).split("\n"), start=1):
+def check_text(value: str | None, where: str, field: str) -> None:
+    """Refuse text no instruction, id or answer holds: a NUL character (binary data, or a C-string
+    bug upstream; tokenizers and Parquet readers downstream treat it inconsistently)."""
+    if value is not None and "\x00" in value:
+        raise InputError(where, f"contains a NUL character at offset {value.index(chr(0))}", field=field)
+
+
+def _byte_lines(source):
+    """Lines of bytes or of an open binary file, split on b"\n" only (str.splitlines() would also
+    break on U+2028 etc., which JSON strings may hold); a file is read one line at a time."""
+    if isinstance(source, bytes):
+        yield from source.split(b"\n")
+    else:
+        for line in source:
+            yield line[:-1] if line.endswith(b"\n") else line
+
+
+def json_objects(path: Path, source):
+    """(line number, object) of each non-blank line of a JSON Lines file's bytes or open binary file;
+    ``InputError`` naming the line for bad UTF-8, malformed JSON or a value that is not an object."""
+    offset = 0
+    for n, raw in enumerate(_byte_lines(source), start=1):
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise InputError(path, f"not valid UTF-8 (byte 0x{raw[e.start]:02x} at offset {offset + e.start})",
+                             line=n) from None
+        offset += len(raw) + 1
         if not line.strip():
             continue
         try:
@@ -65,7 +89,8 @@ def json_objects(path: Path, raw: bytes):
 
 
 def _read_jsonl(path: Path) -> list[Record]:
-    return [_record(obj, path, f"line {n}") for n, obj in json_objects(path, path.read_bytes())]
+    with open(path, "rb") as f:  # streamed: a 1M-row file is never held as bytes and text at once
+        return [_record(obj, path, f"line {n}") for n, obj in json_objects(path, f)]
 
 
 def _read_csv(path: Path) -> list[Record]:
@@ -101,8 +126,10 @@ READERS = {".jsonl": _read_jsonl, ".json": _read_jsonl, ".csv": _read_csv, ".par
 def read_instructions(path: Path | str) -> list[Record]:
     """All records of an instruction file, in file order; ids are unique (checked here)."""
     path = Path(path)
+    if path.is_symlink() and not path.exists():
+        raise InputError(path, f"a symbolic link to {path.readlink()}, which does not exist")
     if not path.is_file():
-        raise InputError(path, "file not found")
+        raise InputError(path, "file not found" if not path.exists() else "not a regular file")
     reader = READERS.get(path.suffix.lower())
     if reader is None:
         raise InputError(path, f"unsupported file type '{path.suffix}' (use one of {sorted(READERS)})")

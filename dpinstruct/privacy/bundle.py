@@ -81,7 +81,8 @@ def dataset_card(privacy: dict, ledger: list[dict], rows: int, lock_params: dict
         f"- **(epsilon, delta) = ({eps if isinstance(eps, str) else f'{eps:.4f}'}, {privacy['delta']:g})** for the "
         f"whole release (every DP mechanism composed: {privacy['accountant']}; opacus PRV cross-check "
         f"{privacy.get('epsilon_prv')}).",
-        f"- Neighbouring relation: `{privacy['neighbouring']}` (add or remove one private instruction).",
+        f"- Neighbouring relation: `{privacy['neighbouring']}` (add or remove one "
+        f"{'user with all their instructions' if privacy['neighbouring'].endswith('_user') else 'private instruction'}).",
         "- The number of private records is not published: sampling rate, steps and noise come from the "
         "pipeline's params, independent of it.",
         "- DP randomness came from a secret key or the OS's CSPRNG, never from a seed in the repository.", "",

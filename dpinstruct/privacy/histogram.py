@@ -23,4 +23,9 @@ def gaussian_noise(k: int, sigma: float, random: DPRandom) -> np.ndarray:
 
 def noisy_histogram(labels: np.ndarray, k: int, sigma: float, random: DPRandom) -> np.ndarray:
     """The released histogram: exact counts + N(0, sigma^2) per bucket, clipped at 0."""
-    return np.clip(exact_counts(labels, k) + gaussian_noise(k, sigma, random), 0.0, None)
+    return release(exact_counts(labels, k), sigma, random)
+
+
+def release(counts: np.ndarray, sigma: float, random: DPRandom) -> np.ndarray:
+    """Counts of L2 sensitivity 1 (record votes, or user-level shares) + N(0, sigma^2) each, clipped at 0."""
+    return np.clip(counts + gaussian_noise(len(counts), sigma, random), 0.0, None)

@@ -72,6 +72,10 @@ def read_reviews(path) -> pd.DataFrame:
                                else ~values.isin([0, 1]))
         if bad.any():
             raise InputError(f"{path}, row {int(bad.to_numpy().argmax()) + 1}", f"expected {want}", field=field)
+        if field != "label":
+            nul = values.str.contains("\x00", regex=False).to_numpy()
+            if nul.any():
+                raise InputError(f"{path}, row {int(nul.argmax()) + 1}", "contains a NUL character", field=field)
     duplicated = df.id.duplicated()
     if duplicated.any():
         raise InputError(f"{path}, row {int(duplicated.to_numpy().argmax()) + 1}", "duplicate id", field="id")

@@ -28,7 +28,7 @@ import pandas as pd
 import pyarrow as pa
 
 from dpinstruct.io.errors import InputError
-from dpinstruct.io.instructions import json_objects
+from dpinstruct.io.instructions import check_text, json_objects
 
 HUMAN, ASSISTANT = "\n\nHuman:", "\n\nAssistant:"
 SIDES = ("chosen", "rejected")
@@ -57,6 +57,7 @@ def read_pairs(path: Path | str) -> pd.DataFrame:
                                  line=line_no, field=side)
             if not value.strip():
                 raise InputError(path, "empty text: a comparison needs two answers", line=line_no, field=side)
+            check_text(value, f"{path}, line {line_no}", side)
         if record["chosen"] == record["rejected"]:
             raise InputError(path, "identical to 'chosen': the pair states no preference", line=line_no,
                              field="rejected")

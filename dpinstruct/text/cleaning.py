@@ -6,6 +6,7 @@ and counts; callers log counts, never text.
 """
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 
@@ -17,18 +18,34 @@ from dpinstruct.text.filters import dedup, normalise
 SCHEMA = pa.schema([pa.field("id", pa.string(), nullable=False), pa.field("instruction", pa.string(), nullable=False),
                     pa.field("user_id", pa.string()), pa.field("n_tokens", pa.int32(), nullable=False)])
 FILTER_KEYS = ("min_tokens", "max_tokens", "dedup_casefold", "ngram_dedup_n")
+TOKENIZE_CHUNK = 50_000
+
+
+def longest_token_bytes(tokenizer) -> int:
+    """Bytes of the longest vocabulary entry (byte-level BPE: one vocabulary character per byte)."""
+    return max(len(t) for t in tokenizer.get_vocab())
 
 
 def clean(path, tokenizer, cfg: dict) -> tuple[pd.DataFrame, dict]:
     records = read_instructions(path)
     df = pd.DataFrame({"id": [r.id for r in records], "user_id": [r.user_id for r in records],
                        "instruction": [normalise(r.instruction) for r in records]})
+    del records  # the frame holds what is needed; a million Records would double the peak memory
     counts = {"read": len(df)}
     df = df[df.instruction != ""]
     counts["empty"] = counts["read"] - len(df)
     if df.empty:
         raise InputError(path, f"no instruction left after filtering ({counts})")
-    df = df.assign(n_tokens=[len(ids) for ids in tokenizer(df.instruction.tolist(), add_special_tokens=False)["input_ids"]])
+    # A row with more characters than max_tokens x the longest token (in bytes, >= its characters)
+    # cannot fit: it is too long without being tokenised, so a 1 MB paste costs nothing.
+    surely_long = (df.instruction.str.len() > cfg["max_tokens"] * longest_token_bytes(tokenizer)).to_numpy()
+    n_tokens = np.full(len(df), cfg["max_tokens"] + 1, dtype=np.int64)
+    fits = np.flatnonzero(~surely_long)
+    for start in range(0, len(fits), TOKENIZE_CHUNK):  # chunks: ids of 1M rows at once would hold GBs
+        chunk = fits[start:start + TOKENIZE_CHUNK]
+        ids = tokenizer(df.instruction.iloc[chunk].tolist(), add_special_tokens=False)["input_ids"]
+        n_tokens[chunk] = [len(i) for i in ids]
+    df = df.assign(n_tokens=n_tokens)
     counts["too_short"] = int((df.n_tokens < cfg["min_tokens"]).sum())
     counts["too_long"] = int((df.n_tokens > cfg["max_tokens"]).sum())
     df = df[df.n_tokens.between(cfg["min_tokens"], cfg["max_tokens"])]

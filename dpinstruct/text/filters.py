@@ -4,10 +4,14 @@ exact dedup and the paper's n-gram dedup.
 Dedup keeps the FIRST occurrence in input order, so the result does not depend on anything but
 the file. n-gram dedup (Yu et al. 2024 dedup with 10-grams): an instruction is dropped when any
 of its word n-grams already occurs in a kept instruction; instructions with fewer than n words
-are only deduplicated exactly.
+are only deduplicated exactly. Seen texts and n-grams are kept as 64-bit BLAKE2b digests, not as
+strings and tuples (a million-row file would otherwise hold GBs of them): a false match needs a
+digest collision, probability about G^2 / 2^65 for G distinct n-grams (3e-7 at five million), and
+would repeat identically on every run.
 """
 from __future__ import annotations
 
+import hashlib
 import re
 import unicodedata
 
@@ -35,17 +39,21 @@ def ngrams(text: str, n: int) -> set[tuple[str, ...]]:
     return {tuple(words[i:i + n]) for i in range(len(words) - n + 1)}
 
 
+def _digest(text: str) -> int:
+    return int.from_bytes(hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=8).digest(), "little")
+
+
 def dedup(texts: list[str], *, casefold: bool, ngram_n: int) -> list[str | None]:
     """For each text, None when kept, else the reason it is a duplicate ("exact" / "ngram")."""
-    seen_exact: set[str] = set()
-    seen_grams: set[tuple[str, ...]] = set()
+    seen_exact: set[int] = set()
+    seen_grams: set[int] = set()
     reasons: list[str | None] = []
     for text in texts:
-        key = dedup_key(text, casefold)
+        key = _digest(dedup_key(text, casefold))
         if key in seen_exact:
             reasons.append("exact")
             continue
-        grams = ngrams(text, ngram_n) if ngram_n > 0 else set()
+        grams = {_digest("\x1f".join(g)) for g in ngrams(text, ngram_n)} if ngram_n > 0 else set()
         if grams & seen_grams:
             reasons.append("ngram")
             continue

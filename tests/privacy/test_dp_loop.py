@@ -34,5 +34,7 @@ def test_epsilon_is_logged_at_most_every_ceil_t_over_points_steps_and_at_the_las
     every = math.ceil(steps / dp_loop.EPSILON_POINTS)
     assert sorted(logged) == sorted({t - 1 for t in range(every, steps + 1, every)} | {steps - 1})
     assert len(logged) <= dp_loop.EPSILON_POINTS + 1
-    for step, eps in logged.items():
+    checked = sorted(logged)
+    for step in {checked[0], checked[len(checked) // 2], checked[-1]}:  # each PLD composition costs ~0.5 s
+        eps = logged[step]
         assert eps == pytest.approx(acct.epsilon_pld([acct.dp_sgd_event(sigma, q, step + 1)], delta), rel=1e-9)

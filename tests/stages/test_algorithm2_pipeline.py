@@ -15,9 +15,10 @@ import pytest
 from dpinstruct.embeddings import embedding_io
 from dpinstruct.io.artifacts import Outputs, read_metadata, table_metadata, write_parquet
 from dpinstruct.io.errors import InputError
+from dpinstruct.models import dp_generator
 from dpinstruct.privacy import accounting as acct
 from dpinstruct.privacy import ledger
-from stages import account, cluster, embed, evaluate, histogram, prepare, prepare_public, resample, train_generator
+from stages import account, cluster, embed, evaluate, histogram, prepare, prepare_public, resample
 
 
 def step(fn, *args):
@@ -42,7 +43,7 @@ def test_release_from_real_data(project, embedder_dir):
     for name in ("pool", "train", "test", "public"):
         step(lambda params, out, n=name: embed.embed(n, params, out), p)
     step(cluster.cluster, p)
-    plan = train_generator.plan(p, 200)  # the generator's ledger entry as the stage would write it
+    plan = dp_generator.plan(p, 200)  # the generator's ledger entry as the stage would write it
     entry = ledger.make_entry(stage="train_generator", mechanism="poisson_subsampled_gaussian", dataset="instructions",
                               partition="all",
                               noise_multiplier=plan.noise_multiplier, sampling_rate=plan.sampling_rate, steps=plan.steps,

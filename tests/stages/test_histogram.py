@@ -9,6 +9,7 @@ from pathlib import Path
 import dp_accounting
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pytest
 import yaml
 from dp_accounting.pld import pld_privacy_accountant
@@ -65,8 +66,17 @@ def test_one_record_changes_exactly_one_count_by_one(fitted):
     assert full.sum() == 300 and len(full) == 8
 
 
-def run_histogram(params):
+def write_train(n, users=None):
+    """The train split's ids (as write_embeddings names them) and, for user-level DP, their users."""
+    Path(histogram.TRAIN).parent.mkdir(parents=True, exist_ok=True)
+    ids = [f"{histogram.TRAIN_EMBEDDINGS}-{i}" for i in range(n)]
+    table = pa.table({"id": ids, "instruction": ["x"] * n, "user_id": pa.array(users or [None] * n, pa.string())})
+    write_parquet(table, histogram.TRAIN, table.schema, table_metadata("test", "x", "private"))
+
+
+def run_histogram(params, users=None):
     write_embeddings(histogram.TRAIN_EMBEDDINGS, 300, 1, "private")
+    write_train(300, users)
     with Outputs() as out:
         return histogram.histogram(params, out)
 
@@ -152,3 +162,32 @@ def test_pca_and_kmeans_never_see_private_embeddings(tmp_path, monkeypatch):
         cluster.cluster(PARAMS, out)
     assert len(seen) == 1 and np.array_equal(seen[0], embedding_io.read(cluster.POOL_EMBEDDINGS)[1])
     assert sorted(p.name for p in Path("data/embeddings").iterdir()) == ["pool.parquet"]  # nothing private to read
+
+
+def test_user_level_histogram_gives_each_user_one_vote_and_says_so(fitted):
+    users = [f"u{i % 60}" for i in range(300)]  # 60 users of 5 records
+    entry = run_histogram(PARAMS, users)
+    assert entry["neighbouring"] == "add_or_remove_one_user" and entry["sensitivity"] == 1.0
+    non_private = yaml.safe_load(yaml.safe_dump(PARAMS))
+    non_private["privacy"]["epsilon"] = math.inf
+    run_histogram(non_private, users)
+    shares = pd.read_parquet(histogram.NOISY).noisy_count
+    assert shares.sum() == pytest.approx(60)  # one vote per user, not one per record
+    assert not np.allclose(shares, exact(vectors(300, 1)))
+    # the users' votes bind the noise: the same embeddings with other users draw other noise
+    run_histogram(PARAMS, users)
+    first = histogram_bytes()[0]
+    run_histogram(PARAMS, [f"u{i % 30}" for i in range(300)])
+    assert histogram_bytes()[0] != first
+
+
+def test_user_level_delta_is_checked_against_the_number_of_users(fitted):
+    # the unit is the user, so delta must be below 1/(users): 0.01 is too large for 300 records
+    # but fine for 60 users, and too large again for 150 users
+    loose = yaml.safe_load(yaml.safe_dump(PARAMS))
+    loose["privacy"]["delta"] = 0.01
+    with pytest.raises(PrivacyConfigError, match="delta"):
+        run_histogram(loose)
+    assert run_histogram(loose, [f"u{i % 60}" for i in range(300)])["delta"] == 0.01
+    with pytest.raises(PrivacyConfigError, match="delta"):
+        run_histogram(loose, [f"u{i % 150}" for i in range(300)])

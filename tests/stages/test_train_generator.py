@@ -12,6 +12,7 @@ import torch
 
 from dpinstruct.io.artifacts import Outputs
 from dpinstruct.io.errors import PrivacyConfigError
+from dpinstruct.models import dp_generator
 from dpinstruct.privacy import dp_adam
 from stages import prepare
 from stages import train_generator as stage
@@ -102,6 +103,7 @@ def test_killed_run_resumes_to_the_same_adapter(project, monkeypatch):
     assert json.loads((project.root / "metrics/privacy/train_generator.json").read_text()) == ledger
 
 
+@pytest.mark.slow  # the run key's other parts (code, key) are checked in the default suite; CI time is tight
 def test_checkpoint_of_another_plan_is_not_resumed(project, monkeypatch):
     tiny(project)
     real_step = kill_after_two_steps(project, monkeypatch)
@@ -123,7 +125,7 @@ def test_non_private_mode_uses_the_same_path_and_says_so(project):
 def test_unsafe_budget_is_refused_before_any_training(project, monkeypatch):
     tiny(project)
     project.params["privacy"]["delta"] = 0.5
-    monkeypatch.setattr(stage, "lora_model", lambda cfg: pytest.fail("model loaded before the privacy check"))
+    monkeypatch.setattr(dp_generator, "lora_model", lambda *a: pytest.fail("model loaded before the privacy check"))
     with pytest.raises(PrivacyConfigError, match="delta=0.5 must be in"):
         run(project)
     assert not (project.root / stage.ADAPTER_DIR).exists()
@@ -168,8 +170,8 @@ def test_a_checkpoint_made_under_another_key_is_not_resumed(project, monkeypatch
 def test_secure_mode_samples_and_noises_afresh_with_identical_params(project, monkeypatch):
     tiny(project)
     project.params["privacy"]["secure_mode"] = True
-    sampled, real = [], stage.poisson_sample
-    monkeypatch.setattr(stage, "poisson_sample", lambda *a: sampled.append(real(*a)) or sampled[-1])
+    sampled, real = [], dp_generator.poisson_sample
+    monkeypatch.setattr(dp_generator, "poisson_sample", lambda *a: sampled.append(real(*a)) or sampled[-1])
     digests = []
     for _ in range(2):
         shutil.rmtree(project.root / "data/checkpoints", ignore_errors=True)
@@ -190,3 +192,30 @@ def test_the_ledger_does_not_reveal_n(project):
         shutil.rmtree(project.root / "data/checkpoints")
     assert ledgers[0] == ledgers[1]
     assert "n_records" not in ledgers[0] and '"sampling_rate": 0.3333333333333333' in ledgers[0]
+
+
+def test_user_level_dp_samples_users_and_the_ledger_says_so(project):
+    import pandas as pd
+    import pyarrow as pa
+
+    from dpinstruct.io.artifacts import read_metadata, write_parquet
+
+    tiny(project)
+    path = project.root / "data/prepared/train.parquet"
+    meta = {f"dpinstruct.{k}": v for k, v in read_metadata(path).items()}
+    train = pd.read_parquet(path)
+    train["user_id"] = [f"user{i % 6}" for i in range(len(train))]  # 6 users of 4 records
+    table = pa.Table.from_pandas(train, preserve_index=False)
+    write_parquet(table, path, table.schema, meta)
+    project.params["user_level"] = {"max_records_per_user": 2}
+    project.params["train_generator"].update(expected_batch_size=2)  # q x users
+    project.params["privacy"]["delta"] = 0.2
+    with pytest.raises(PrivacyConfigError, match=r"delta=0.2 .* N=6"):
+        run(project)  # the unit is one of 6 users: delta must be below 1/6
+    project.params["privacy"]["delta"] = 1e-3
+    entry = run(project)
+    assert entry["neighbouring"] == "add_or_remove_one_user" and entry["max_records_per_user"] == 2
+    assert entry["sampling_rate"] == pytest.approx(1 / 3) and entry["steps"] == 3
+    curves = (project.root / "dvclive/train_generator/plots/metrics/batch_size.tsv").read_text().split("\n")[1:]
+    sizes = [float(line.split("\t")[-1]) for line in curves if line]
+    assert sizes and max(sizes) <= 6  # units per step are users (at most all 6), each clipped once
