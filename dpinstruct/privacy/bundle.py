@@ -16,7 +16,8 @@ The bundle holds: ``instructions.parquet`` (the released set), ``privacy.json`` 
 report with the md5 of private artifacts withheld), ``DATASET_CARD.md`` and ``MANIFEST.json``
 (every file's sha256, source path and class). It refuses, before writing anything: a failed
 lineage check; any file whose class is not dp or public (for Parquet, by its metadata too); any
-source whose stage is not up to date with dvc.lock (the ledger would not describe it).
+source whose stage is not up to date with dvc.lock (the ledger would not describe it), and a
+pipeline whose memorisation gate (stage `memorisation`) did not pass on the current release.
 """
 from __future__ import annotations
 
@@ -32,6 +33,7 @@ from pathlib import Path
 from dpinstruct.io.artifacts import file_digest, read_metadata
 from dpinstruct.privacy import lineage
 
+MEMORISATION_GATE = "memorisation"  # the stage that counts private rows copied into the release
 RELEASE = "data/release/instructions.parquet"
 COMPOSED = "metrics/privacy.json"
 LEDGER_DIR = "metrics/privacy"
@@ -118,7 +120,10 @@ def export(root: Path | str, out: Path | str, *, include: list[str] = (), force:
                **{e: f"ledger/{Path(e).name}" for e in entries},
                **{lineage._norm(p): f"extra/{lineage._norm(p)}" for p in include}}
     found = {path: _classify(root, path, arts) for path in sources}
-    stale = _stale_stages(root, {a.stage for a in found.values()})
+    # The memorisation gate must have passed on this very release: a failed gate leaves its stage
+    # out of date with dvc.lock, so the same check refuses the export.
+    gates = {s.name for s in stages} & {MEMORISATION_GATE}
+    stale = _stale_stages(root, {a.stage for a in found.values()} | gates)
     if stale:
         name, status = next(iter(stale.items()))
         raise ExportError(f"stage {name} is not up to date with dvc.lock ({status}): run `dvc repro` first")

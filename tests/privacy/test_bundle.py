@@ -117,3 +117,21 @@ def test_command_line_refuses_with_exit_code_2(pipeline, tmp_path, capsys):
     assert cli.main(["export", "--root", str(pipeline), "--out", str(out)]) == 2  # exists: needs --force
     assert "exists and is not empty" in capsys.readouterr().err
     assert cli.main(["export", "--root", str(pipeline), "--out", str(out), "--force"]) == 0
+
+
+def test_a_release_whose_memorisation_gate_did_not_pass_is_refused(pipeline, tmp_path):
+    spec = yaml.safe_load((pipeline / "dvc.yaml").read_text())
+    spec["stages"]["memorisation"] = {"cmd": "true", "deps": ["data/prepared/train.parquet",
+                                                             "data/release/instructions.parquet"],
+                                      "metrics": [{"metrics/memorisation.json": {"cache": False}}],
+                                      "meta": {"privacy": "private"}}
+    (pipeline / "dvc.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
+    (pipeline / "metrics/memorisation.json").write_text('{"release": {"any": 0}}\n')
+    dvc(pipeline, "commit", "-f")
+    bundle.export(pipeline, tmp_path / "ok")  # the gate passed on this release
+    # a new release whose gate failed: the stage raised, so dvc.lock still holds the old run
+    table(pipeline / "data/release/instructions.parquet", "dp", rows=4)
+    dvc(pipeline, "commit", "-f", "release")
+    with pytest.raises(bundle.ExportError, match="stage memorisation is not up to date with dvc.lock"):
+        bundle.export(pipeline, tmp_path / "bundle")
+    assert not (tmp_path / "bundle").exists() or not any((tmp_path / "bundle").iterdir())
