@@ -122,3 +122,19 @@ def test_audit_command_end_to_end_on_a_tiny_slice(project, monkeypatch):
     train = pd.read_parquet(project.root / "data/prepared/train.parquet").instruction
     text = (project.root / "metrics/audit.json").read_text()
     assert not any(t in text for t in train)
+
+
+def test_a_bound_above_the_claim_fails_loudly_after_writing_the_report(tmp_path, monkeypatch, capsys):
+    # the audit's verdict, not its training, is under test here: a report whose bound exceeds the
+    # claim (what a broken noise path would produce at scale) must exit 1 and still be written
+    from dpinstruct import canary_audit
+    from dpinstruct.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "params.yaml").write_text("audit: {canaries: 10, confidence: 0.95}\n")
+    broken = {"claimed_epsilon": 1.0, "lower_bound": 2.5, "inf": {"claimed_epsilon": "inf", "lower_bound": 3.0}}
+    monkeypatch.setattr(canary_audit, "run_audit", lambda *a, **k: broken)
+    assert main(["audit", "--out", "audit.json"]) == 1
+    assert json.loads((tmp_path / "audit.json").read_text())["lower_bound"] == 2.5
+    err = capsys.readouterr().err
+    assert "AUDIT FAILURE (run): lower bound 2.5000 exceeds the claimed epsilon 1.0" in err and "(inf)" not in err
