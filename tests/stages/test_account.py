@@ -164,3 +164,28 @@ def test_the_reward_models_dataset_has_its_own_guarantee_and_budget(tmp_path, mo
         p.unlink()
     with pytest.raises(PrivacyConfigError, match="expected ledger entries .*'hh_rlhf': \\[\\]"):
         run()
+
+
+def set_neighbouring(stage, relation):
+    path = Path(ledger.entry_path(stage))
+    entry = json.loads(path.read_text())
+    path.write_text(json.dumps({**entry, "neighbouring": relation}))
+
+
+def test_user_level_entries_compose_and_say_so_and_mixed_relations_are_refused(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    write_ledger()
+    record = run()
+    for stage in ("train_generator", "histogram"):
+        set_neighbouring(stage, "add_or_remove_one_user")
+    user = run()
+    # the same events over users: the same epsilon, now stated for a user; other datasets unchanged
+    assert user["epsilon"] == record["epsilon"] and user["neighbouring"] == "add_or_remove_one_user"
+    assert user["datasets"]["instructions"]["neighbouring"] == "add_or_remove_one_user"
+    assert user["datasets"]["imdb"]["neighbouring"] == "add_or_remove_one"
+    Path(account.OUT).unlink()
+    set_neighbouring("histogram", "add_or_remove_one")  # e.g. a stale histogram from a record-level run
+    with pytest.raises(PrivacyConfigError, match=r"dataset instructions: ledger entries under different "
+                                                 r"neighbouring relations .* do not compose"):
+        run()
+    assert not Path(account.OUT).exists()
