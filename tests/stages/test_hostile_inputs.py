@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import gzip
 import json
-import time
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -55,14 +54,23 @@ def assert_refused(project, pattern, outputs=("data/prepared", "metrics")):
         assert project.files(folder) == [], folder
 
 
-def test_a_1mb_instruction_is_dropped_as_too_long_without_tokenising_it(project):
+def test_a_1mb_instruction_is_dropped_as_too_long_without_tokenising_it(project, monkeypatch):
     huge = {"id": "huge", "instruction": ("tell me about " + SECRET + " ") * 60_000}  # ~1.1 MB
     assert len(huge["instruction"]) > 1_000_000
     small_splits(project, jsonl(project.root / "x.jsonl", rows() + [huge]))
-    started = time.monotonic()
+    real, seen = prepare.load_tokenizer, []
+
+    def recording(path):  # the real tokenizer, noting the longest text it is asked to tokenise
+        tokenizer = real(path)
+        call = tokenizer.__class__.__call__
+        monkeypatch.setattr(tokenizer.__class__, "__call__",
+                            lambda self, texts, **kw: seen.append(max(map(len, texts))) or call(self, texts, **kw))
+        return tokenizer
+
+    monkeypatch.setattr(prepare, "load_tokenizer", recording)
     metrics = run_prepare(project)["private"]
     assert metrics["too_long"] == 1 and metrics["kept"] == 40
-    assert time.monotonic() - started < 30  # tokenising 1 MB of text would take far longer on 2 cores
+    assert seen and max(seen) < 1000  # the 1 MB row never reached the tokenizer
 
 
 BAD = {
