@@ -25,7 +25,8 @@ from dpinstruct.models.loading import EMBEDDER_DIR
 
 log = logging.getLogger("stages.embed")
 STAGE = "embed"
-SETS = {"pool": "data/generated/pool.parquet", "train": "data/prepared/train.parquet",
+SETS = {"pool": "data/generated/pool.parquet", "base": "data/generated/base_pool.parquet",
+        "train": "data/prepared/train.parquet",
         "val": "data/prepared/val.parquet", "test": "data/prepared/test.parquet",
         "public": "data/prepared/public.parquet"}
 

@@ -68,7 +68,7 @@ def histogram(params: dict, out) -> dict:
     entry = ledger.make_entry(stage=STAGE, mechanism="gaussian", dataset=DATASET, partition="all",
                               noise_multiplier=sigma, sampling_rate=1.0, steps=1, sensitivity=1.0, delta=delta,
                               event=acct.histogram_event(sigma), secure_mode=secure, params_hash=phash,
-                              **({} if units is None else {"neighbouring": user_level.NEIGHBOURING}))
+                              neighbouring=acct.NEIGHBOURING if units is None else user_level.NEIGHBOURING)
     out.write_json(entry, ledger.entry_path(STAGE))
     # Only DP quantities: the noisy total, never the exact number of private records.
     metrics = {"clusters": len(noisy), "sigma": sigma, "noisy_total": float(noisy.sum()),

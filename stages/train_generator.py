@@ -56,8 +56,8 @@ def train(params: dict, out) -> dict:
                               noise_multiplier=p.noise_multiplier,
                               sampling_rate=p.sampling_rate, steps=p.steps, sensitivity=p.clip_norm, delta=p.delta,
                               event=event, plan=p.as_dict(), secure_mode=not fitted.replayable, params_hash=phash,
+                              neighbouring=fitted.neighbouring,
                               **({} if units is None else {
-                                  "neighbouring": fitted.neighbouring,
                                   "max_records_per_user": user_level.max_records(params.get("user_level"))}))
     out.write_json(entry, ledger.entry_path(STAGE))
     log.info("epsilon of this stage alone: %s (PRV %s); planned release epsilon %.3f", entry["epsilon"],

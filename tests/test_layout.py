@@ -87,9 +87,9 @@ def outs(stage: str) -> set[str]:
 def test_prepare_outputs_match_dvc_yaml():
     from stages import evaluate, prepare, prepare_public
 
-    assert set(prepare.OUT.values()) | {"metrics/quality/prepare"} == outs("prepare")
-    assert {prepare_public.OUT, "metrics/quality/prepare_public"} == outs("prepare_public")
-    assert {evaluate.CLUSTER_PLOT, evaluate.LENGTH_PLOT} == outs("evaluate")
+    assert set(prepare.OUT.values()) | {"metrics/quality/prepare", prepare.METRICS} == outs("prepare")
+    assert {prepare_public.OUT, "metrics/quality/prepare_public", prepare_public.METRICS} == outs("prepare_public")
+    assert {evaluate.CLUSTER_PLOT, evaluate.LENGTH_PLOT, evaluate.METRICS} == outs("evaluate")
     reads = {p for pair in [evaluate.REFERENCE, *evaluate.SETS.values()] for p in pair}
     assert reads | {evaluate.BUCKETS, evaluate.NOISY} <= set(DVC["evaluate"]["deps"])
 

@@ -73,13 +73,16 @@ def fit(pool_embeddings: np.ndarray, *, explained_variance: float, k: int, niter
         raise ValueError(f"k-means needs at least K={k} points, the pool has {len(x)}")
     mean, components, reached = fit_pca(x, explained_variance)
     points = np.ascontiguousarray(((x - mean) @ components.T).astype(np.float32))
+    # faiss-gpu (the `gpu` install extra) on a CUDA machine trains on the GPUs; faiss-cpu reports none.
+    gpus = getattr(faiss, "get_num_gpus", lambda: 0)()
     kmeans = faiss.Kmeans(points.shape[1], k, niter=niter, nredo=nredo, seed=seed, verbose=False,
-                          max_points_per_centroid=max_points_per_centroid, min_points_per_centroid=1)
+                          max_points_per_centroid=max_points_per_centroid, min_points_per_centroid=1, gpu=gpus > 0)
     kmeans.train(points)
     info = {"explained_variance_target": explained_variance, "explained_variance": reached,
             "pca_components": int(components.shape[0]), "k": k, "niter": niter, "nredo": nredo, "seed": seed,
             "max_points_per_centroid": max_points_per_centroid, "points": len(x),
-            "kmeans_trained_on": min(len(x), max_points_per_centroid * k), "objective": float(kmeans.obj[-1])}
+            "kmeans_trained_on": min(len(x), max_points_per_centroid * k), "objective": float(kmeans.obj[-1]),
+            "kmeans_device": "gpu" if gpus > 0 else "cpu"}
     return Buckets(mean, components, kmeans.centroids.copy(), info)
 
 

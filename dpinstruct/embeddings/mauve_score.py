@@ -86,22 +86,25 @@ def mauve(p: np.ndarray, q: np.ndarray, *, buckets="auto", explained_variance: f
 
 def resampled(p: np.ndarray, q: np.ndarray, *, size: int, repeats: int, seed: int, buckets="auto",
               explained_variance: float = 0.9, niter: int = 500, nredo: int = 5, scaling_factor: float = 5.0,
-              discretization: int = 25) -> dict:
+              discretization: int = 25, reference_seed: int | None = None) -> dict:
     """MAUVE of p against q on ``repeats`` seeded draws of ``size`` rows from each (without
     replacement; all rows of a smaller set, which ``undersized`` then reports), K fixed by
-    ``buckets`` for the given size. Draw r uses k-means seed r.
+    ``buckets`` for the given size. Draw r uses k-means seed r. With ``reference_seed`` the draws
+    of q come from their own stream: sets scored with the same reference seed meet the same
+    reference rows at every draw, so their per-draw scores can be compared in pairs.
 
     Returns:
         ``mauve`` (mean over draws), ``mauve_std``, ``per_draw``, ``num_buckets``, ``n_p``, ``n_q``,
         ``undersized`` (True when p or q has fewer than ``size`` rows: not comparable to full-size scores).
     """
     rng = np.random.default_rng(seed)
+    rng_q = rng if reference_seed is None else np.random.default_rng(reference_seed)
     n_p, n_q = min(len(p), size), min(len(q), size)
     k = num_buckets(size, size, buckets)
     scores = []
     for r in range(repeats):
         pi = rng.choice(len(p), size=n_p, replace=False)
-        qi = rng.choice(len(q), size=n_q, replace=False)
+        qi = rng_q.choice(len(q), size=n_q, replace=False)
         scores.append(frontier_area(*histograms(p[pi], q[qi], k=k, explained_variance=explained_variance, niter=niter,
                                                 nredo=nredo, seed=r),
                                     scaling_factor=scaling_factor, discretization=discretization))

@@ -30,7 +30,24 @@ def as_float(value) -> float:
     return float(value)
 
 
+def normalised(value):
+    """The same params, numbers as floats: `dvc exp run -S privacy.epsilon=6` writes the int 6 where
+    params.yaml has 6.0, and "inf" may stand for .inf; equal values must hash equally."""
+    if isinstance(value, dict):
+        return {k: normalised(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [normalised(v) for v in value]
+    if isinstance(value, bool) or value is None:
+        return value
+    if isinstance(value, (int, float)):
+        return float(value)
+    if isinstance(value, str) and value.strip().lower().lstrip("+") in {"inf", ".inf", "infinity"}:
+        return math.inf
+    return value
+
+
 def params_hash(*sections: dict) -> str:
-    """sha256 of the canonical JSON of the params a stage read; stored in every artifact it writes."""
-    blob = json.dumps(sections, sort_keys=True, default=str, separators=(",", ":"))
+    """sha256 of the canonical JSON of the params a stage read (numbers normalised: 6 == 6.0);
+    stored in every artifact it writes."""
+    blob = json.dumps(normalised(sections), sort_keys=True, default=str, separators=(",", ":"))
     return hashlib.sha256(blob.encode()).hexdigest()[:16]

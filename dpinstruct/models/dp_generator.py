@@ -3,7 +3,8 @@
 Shared by the stage `train_generator` and the privacy audit (``dpinstruct.privacy.audit``), which
 trains the same way on the train split plus canaries. The privacy unit is the record, or the user
 when ``units`` is given (``dpinstruct.privacy.user_level``). The plan (q, T, sigma) comes from
-params alone; the number of units serves only the delta < 1/N refusal.
+params alone; the number of units serves only the delta < 1/N refusal. The loss is
+``instruction_loss`` (the fused head, and the backward pass stopping at the first adapted block).
 """
 from __future__ import annotations
 
@@ -15,8 +16,11 @@ import numpy as np
 import torch
 
 from dpinstruct.io import params as P
+from dpinstruct.models.instruction_loss import instruction_loss
 from dpinstruct.models.loading import GENERATOR_DIR
 from dpinstruct.models.lora import lora_model
+from dpinstruct.models.precision import bf16_enabled
+from dpinstruct.models.trunk import first_adapted_layer
 from dpinstruct.privacy import accounting as acct
 from dpinstruct.privacy import user_level
 from dpinstruct.privacy.dp_adam import DPAdam, build_examples, collate, micro_batches, poisson_sample
@@ -51,6 +55,7 @@ def fit(params: dict, instructions: list[str], *, units: np.ndarray | None, bind
     cfg = params[STAGE]
     n_units = len(instructions) if units is None else int(units.max()) + 1
     p = plan(params, n_units)  # refuses unsafe configs before any model work
+    bf16 = bf16_enabled(cfg["bf16"])
     log.info("plan: q=%.4g T=%d sigma=%.4f C=%s -> composed epsilon %.3f (PLD), %.3f (PRV) at delta %g",
              p.sampling_rate, p.steps, p.noise_multiplier, p.clip_norm, p.composed_epsilon, p.composed_epsilon_prv,
              p.delta)
@@ -68,7 +73,8 @@ def fit(params: dict, instructions: list[str], *, units: np.ndarray | None, bind
     kept_units = None if units is None else _kept_units(tokenizer, instructions, units, cfg)
     cap = None if units is None else user_level.max_records(params.get("user_level"))
     dp = DPAdam(model, lr=P.as_float(cfg["lr"]), noise_multiplier=p.noise_multiplier, clip_norm=p.clip_norm,
-                expected_batch_size=p.expected_batch_size, noise=loop.noise, autocast_bf16=bool(cfg["bf16"]))
+                expected_batch_size=p.expected_batch_size, noise=loop.noise, autocast_bf16=bf16)
+    loss_fn = instruction_loss(first_adapted_layer(model))
     for _ in loop.iterate(model=model, optimizer=dp.optimizer, summary={"skipped_too_long": skipped}, desc=desc):
         if kept_units is None:
             idx = poisson_sample(loop.sampler, len(examples), p.sampling_rate)
@@ -79,7 +85,7 @@ def fit(params: dict, instructions: list[str], *, units: np.ndarray | None, bind
             micro = [dict(collate([examples[i] for i in b], prompt_len, tokenizer.pad_token_id),
                           unit=torch.from_numpy(kept_units[b]))
                      for b in user_level.micro_batches_by_unit(idx, kept_units, lengths, cfg["micro_batch_tokens"])]
-        result = dp.step(micro)
+        result = dp.step(micro, loss_fn=loss_fn)
         loop.metrics.update(loss=result.loss, batch_size=result.batch_size)
     realised = p.sampling_rate * n_units
     if not 0.5 <= realised / p.expected_batch_size <= 2:

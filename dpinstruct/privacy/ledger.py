@@ -5,7 +5,9 @@ sampling rate, steps actually taken, sensitivity (noise std = noise_multiplier x
 neighbouring relation, delta, and the dp_accounting event itself, serialised with
 ``DpEvent.to_named_tuple`` so that ``event_from_json(entry["dp_event"])`` rebuilds it exactly.
 Entries are class dp and may be published: they never state the number of private records
-(``dataset_size`` says so), and their epsilons are rounded up at 1e-9.
+(``dataset_size`` says so), and their epsilons are rounded up at 1e-9, so that ledgers computed
+on different CPUs (whose float sums may differ in the last bits) agree. ``fingerprint`` names the
+machine that ran the mechanism (dpinstruct/io/fingerprint.py).
 """
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ from pathlib import Path
 
 import dp_accounting
 
+from dpinstruct.io.fingerprint import fingerprint
 from dpinstruct.privacy.accounting import NEIGHBOURING, epsilon_pld, epsilon_prv, round_up
 
 LEDGER_DIR = Path("metrics/privacy")
@@ -59,20 +62,21 @@ def finite(x):
 
 def make_entry(*, stage: str, mechanism: str, dataset: str, partition: str, noise_multiplier: float,
                sampling_rate: float, steps: int, sensitivity: float, delta: float, event: dp_accounting.DpEvent,
-               **extra) -> dict:
+               neighbouring: str = NEIGHBOURING, **extra) -> dict:
     """A ledger entry with this stage's own epsilon (PLD) and its PRV cross-check. ``dataset`` and
-    ``partition`` say which private records it touches (``composition`` composes by them)."""
+    ``partition`` say which private records it touches (``composition`` composes by them);
+    ``neighbouring`` is the relation the guarantee holds under (a record, or a user)."""
     private = noise_multiplier > 0
     return finite({
         "stage": stage, "mechanism": mechanism, "private": private, "dataset": dataset, "partition": partition,
         "noise_multiplier": noise_multiplier, "sampling_rate": sampling_rate, "steps": steps,
         "sensitivity": sensitivity, "noise_std": noise_multiplier * sensitivity if private else 0.0,
-        "neighbouring": NEIGHBOURING, "delta": delta,
+        "neighbouring": neighbouring, "delta": delta,
         "epsilon": round_up(epsilon_pld([event], delta)),
         "epsilon_prv": round_up(epsilon_prv([(noise_multiplier, sampling_rate, steps)], delta)),
         "dataset_size": DATASET_SIZE,
         "accountant": "dp_accounting PLD (cross-check: opacus PRV)",
-        "dp_event": event_to_json(event), **extra,
+        "dp_event": event_to_json(event), "fingerprint": fingerprint(), **extra,
     })
 
 

@@ -8,6 +8,9 @@ It runs each variant in its own process (so peak memory is per variant) and prin
       under a token budget, padding to each micro-batch's longest row) / the naive recipe (every
       row padded to 64 tokens, fp32, plain opacus make_private + BatchMemoryManager);
   (c) peak RSS of each variant.
+Levers (issue 16), each measured on (a) with `--variant step`: `--loss plain` (logits at every
+position, the loss before the fused one), `--layers 20` (LoRA on blocks 20.. only, the backward
+pass stops there), `--bf16` (autocast). `--threads N` sets torch's intra-op threads.
 """
 from __future__ import annotations
 
@@ -29,6 +32,9 @@ TRAIN = "data/prepared/train.parquet"
 MAX_LEN, PHYSICAL = 64, 16
 
 
+LEVERS = {"loss": "fused", "layers": None, "bf16": False}
+
+
 def setup():
     from dpinstruct.models.loading import GENERATOR_DIR
     from dpinstruct.models.lora import lora_model
@@ -36,10 +42,20 @@ def setup():
 
     cfg = yaml.safe_load(open("params.yaml"))["train_generator"]
     torch.manual_seed(0)
-    model, tok = lora_model(GENERATOR_DIR, cfg["lora"])
+    lora = dict(cfg["lora"], **({"layers": list(range(LEVERS["layers"], 30))} if LEVERS["layers"] else {}))
+    model, tok = lora_model(GENERATOR_DIR, lora)
     texts = pd.read_parquet(TRAIN).instruction.tolist()
     examples, prompt_len, _ = build_examples(tok, texts, cfg["prompt"], MAX_LEN)
     return cfg, model, tok, examples, prompt_len
+
+
+def loss_for(model):
+    """The stage's loss (fused, from the first adapted block), or the plain one it replaced."""
+    from dpinstruct.models.instruction_loss import instruction_loss
+    from dpinstruct.models.trunk import first_adapted_layer
+    from dpinstruct.privacy import dp_adam as D
+
+    return D.per_example_loss if LEVERS["loss"] == "plain" else instruction_loss(first_adapted_layer(model))
 
 
 def ours(fraction: float) -> dict:
@@ -47,14 +63,15 @@ def ours(fraction: float) -> dict:
 
     cfg, model, tok, examples, prompt_len = setup()
     lengths, q = np.array([len(e) for e in examples]), cfg["sampling_rate"]
+    loss_fn = loss_for(model)
     dp = D.DPAdam(model, lr=1e-3, noise_multiplier=0.6, clip_norm=0.5, expected_batch_size=cfg["expected_batch_size"],
-                  noise=DPRandom(None))
+                  noise=DPRandom(None), autocast_bf16=LEVERS["bf16"])
     rng, steps = DPRandom(None), max(1, round(fraction / q))
     start = time.perf_counter()
     for _ in range(steps):
         idx = D.poisson_sample(rng, len(examples), q)
         dp.step([D.collate([examples[i] for i in b], prompt_len, tok.pad_token_id)
-                 for b in D.micro_batches(idx, lengths, cfg["micro_batch_tokens"])])
+                 for b in D.micro_batches(idx, lengths, cfg["micro_batch_tokens"])], loss_fn=loss_fn)
     return {"variant": "ours", "steps": steps, "seconds": time.perf_counter() - start}
 
 
@@ -105,13 +122,15 @@ def step_pair(_: float) -> dict:
         plain_opt.step()
         plain_opt.zero_grad()
         plain.append(time.perf_counter() - start)
-    dp = D.DPAdam(model, lr=1e-3, noise_multiplier=0.6, clip_norm=0.5, expected_batch_size=len(idx), noise=DPRandom(None))
-    private = []
+    dp = D.DPAdam(model, lr=1e-3, noise_multiplier=0.6, clip_norm=0.5, expected_batch_size=len(idx), noise=DPRandom(None),
+                  autocast_bf16=LEVERS["bf16"])
+    loss_fn, private = loss_for(model), []
     for _ in range(3):
         start = time.perf_counter()
-        dp.step(micro)
+        dp.step(micro, loss_fn=loss_fn)
         private.append(time.perf_counter() - start)
-    return {"variant": "step", "batch": len(idx), "dp_step_s": min(private), "plain_step_s": min(plain)}
+    return {"variant": "step", "batch": len(idx), "dp_step_s": min(private), "plain_step_s": min(plain), **LEVERS,
+            "threads": torch.get_num_threads()}
 
 
 VARIANTS = {"ours": ours, "naive": naive, "step": step_pair}
@@ -121,7 +140,14 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--fraction", type=float, default=1.0, help="fraction of an epoch for (b)")
     parser.add_argument("--variant", choices=VARIANTS)
+    parser.add_argument("--loss", choices=("fused", "plain"), default="fused")
+    parser.add_argument("--layers", type=int, default=None, help="LoRA on blocks LAYERS..29 only")
+    parser.add_argument("--bf16", action="store_true")
+    parser.add_argument("--threads", type=int, default=None)
     args = parser.parse_args()
+    LEVERS.update(loss=args.loss, layers=args.layers, bf16=args.bf16)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if args.variant:
         result = VARIANTS[args.variant](args.fraction)
         result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -129,8 +155,11 @@ def main() -> None:
         return
     results = {}
     for v in ("step", "ours", "naive"):
+        levers = [*(["--loss", args.loss]), *(["--layers", str(args.layers)] if args.layers else []),
+                  *(["--bf16"] if args.bf16 else []), *(["--threads", str(args.threads)] if args.threads else [])]
         out = subprocess.run([sys.executable, "-m", "tests.benchmarks.bench_train_generator", "--variant", v,
-                              "--fraction", str(args.fraction)], check=True, capture_output=True, text=True).stdout
+                              "--fraction", str(args.fraction), *levers], check=True, capture_output=True,
+                             text=True).stdout
         results[v] = json.loads(out.strip().splitlines()[-1])
         print(v, results[v], file=sys.stderr, flush=True)
     results["step_ratio"] = results["step"]["dp_step_s"] / results["step"]["plain_step_s"]

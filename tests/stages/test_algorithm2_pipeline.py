@@ -40,7 +40,12 @@ def test_release_from_real_data(project, embedder_dir):
     public = pa.Table.from_pandas(pd.read_parquet("data/prepared/public.parquet")[["id", "instruction"]])
     Path("data/generated").mkdir(parents=True)
     write_parquet(public, "data/generated/pool.parquet", public.schema, table_metadata("stand-in", "x", "dp"))
-    for name in ("pool", "train", "test", "public"):
+    base = pa.Table.from_pandas(pd.read_parquet("data/prepared/train.parquet")[["id", "instruction"]].head(80))
+    write_parquet(base, "data/generated/base_pool.parquet", base.schema, table_metadata("stand-in", "x", "public"))
+    Path("metrics").mkdir(exist_ok=True)
+    Path("metrics/generate.json").write_text(json.dumps({"kept": 300, "sampled": 400}))
+    Path("metrics/generate_base.json").write_text(json.dumps({"kept": 80, "sampled": 640}))
+    for name in ("pool", "base", "train", "test", "public"):
         step(lambda params, out, n=name: embed.embed(n, params, out), p)
     step(cluster.cluster, p)
     plan = dp_generator.plan(p, 200)  # the generator's ledger entry as the stage would write it
@@ -80,25 +85,38 @@ def test_release_from_real_data(project, embedder_dir):
     scores = step(evaluate.evaluate, p)
     saved = json.loads(Path(evaluate.METRICS).read_text())
     assert saved == json.loads(json.dumps(scores))
-    assert set(saved) == {"reference", "mauve", "length_words", "distinct", "distinct_sample", "clusters"}
-    sets = {"train", "public", "pool", "release"}
+    assert set(saved) == {"reference", "confidence", "mauve", "differences", "yield", "length_words", "distinct",
+                          "distinct_sample", "clusters"}
+    sets = {"train", "public", "base", "pool", "release"}
     assert set(saved["mauve"]) == sets
     assert set(saved["length_words"]) == set(saved["distinct"]) == sets | {"test"}
     assert set(saved["clusters"]) == sets | {"test", "dp_histogram"}
     for s in sets:
-        assert set(saved["mauve"][s]) == {"mauve", "mauve_std", "per_draw", "num_buckets", "n_p", "n_q", "undersized"}
+        assert set(saved["mauve"][s]) == {"mauve", "mauve_std", "per_draw", "num_buckets", "n_p", "n_q", "undersized",
+                                          "lo", "hi"}
         assert 0 <= saved["mauve"][s]["mauve"] <= 1 and len(saved["mauve"][s]["per_draw"]) == 2
+        assert saved["mauve"][s]["lo"] <= saved["mauve"][s]["mauve"] <= saved["mauve"][s]["hi"]
         assert (saved["mauve"][s]["n_p"], saved["mauve"][s]["num_buckets"]) == (50, 5)  # equal terms for every set
     assert set(saved["distinct"]["pool"]) == {"distinct_1", "distinct_2", "distinct_3"}
     assert set(saved["clusters"]["pool"]) == {"covered", "k", "tv_to_test"} and saved["clusters"]["test"]["tv_to_test"] == 0
     # real train is the same distribution as test; the stand-in pool is FLAN, out of domain
     assert saved["mauve"]["train"]["mauve"] > 0.8 > 0.3 > saved["mauve"]["pool"]["mauve"]
+    # the paired differences are the mean of per-draw differences; the stand-in base (real rows) beats FLAN
+    assert set(saved["differences"]) == {"release-pool", "pool-base", "release-base", "train-release"}
+    pool_base = saved["differences"]["pool-base"]
+    assert pool_base["mean"] == pytest.approx(np.mean(np.subtract(saved["mauve"]["pool"]["per_draw"],
+                                                                  saved["mauve"]["base"]["per_draw"])))
+    assert pool_base["significant"] and pool_base["lo"] <= pool_base["mean"] <= pool_base["hi"] < 0
+    assert saved["yield"]["pool"]["kept"] == 300 and saved["yield"]["pool"]["mean"] == 0.75
+    assert saved["yield"]["base"]["mean"] == 0.125 and saved["yield"]["base"]["hi"] < saved["yield"]["pool"]["lo"]
+    assert list(pd.read_csv(evaluate.MAUVE_PLOT).set) == ["train", "public", "base", "pool", "release"]
+
     assert saved["reference"] == {"set": "test", "rows": 60, "mauve_sample": 50}
     shares = pd.read_csv(evaluate.CLUSTER_PLOT)
     assert list(shares.columns) == ["cluster", "test", "pool", "release", "dp_histogram"] and len(shares) == 6
     assert shares[["test", "pool", "release", "dp_histogram"]].sum().round(3).eq(1).all()
     lengths = pd.read_csv(evaluate.LENGTH_PLOT)
-    assert list(lengths.columns) == ["words", "test", "train", "public", "pool", "release"]
+    assert list(lengths.columns) == ["words", "test", "train", "public", "base", "pool", "release"]
 
 
 def test_evaluate_refuses_a_release_row_without_embedding(project, embedder_dir):

@@ -17,7 +17,7 @@ from dpinstruct.io.artifacts import Outputs, read_metadata
 from dpinstruct.models import sampler
 from dpinstruct.models.lora import merged_model
 from stages import generate as stage
-from stages import prepare, train_generator
+from stages import generate_base, prepare, train_generator, val_nll
 
 REPO = Path(__file__).resolve().parents[2]
 SMALL = {"n": 20, "batch_size": 8, "max_new_tokens": 16, "drop_truncated": False}
@@ -127,21 +127,72 @@ def test_resume_after_a_killed_chunk_gives_the_same_pool(release, monkeypatch):
     assert pool_digest() == uninterrupted
 
 
-def test_the_trained_adapter_changes_the_samples(release, generator_dir):
+def first_chunk(directory: Path) -> list:
+    return pq.read_table(directory / next(p.name for p in sorted(directory.glob("*-00000.parquet")))).column(
+        "tokens").to_pylist()
+
+
+def test_the_trained_adapter_changes_the_samples_and_generate_base_is_the_bare_generator(release, generator_dir):
     run(release)
-    with_adapter = pq.read_table(stage.CHUNK_DIR / next(p.name for p in sorted(stage.CHUNK_DIR.glob("*-00000.parquet"))))
-    # Same seed and sampler on the bare base model: the DP adapter must make a difference.
+    with_adapter = first_chunk(stage.CHUNK_DIR)
+    release["generate_base"] = {"n": 12}
+    with Outputs() as out:
+        counts = generate_base.generate_base(release, out)
+    # Same seed and sampler on the bare base model: what generate_base sampled, and the adapter differs.
     from dpinstruct.models.loading import load_generator
 
     base, tokenizer = load_generator(generator_dir)
     prompt = tokenizer(release["train_generator"]["prompt"], add_special_tokens=False)["input_ids"]
     bare = sampler.sample(base, prompt, 8, eos_id=tokenizer.eos_token_id, max_new_tokens=16, top_p=0.95,
                            temperature=1.0, generator=torch.Generator().manual_seed(stage.chunk_seed(0, 0)))
-    assert with_adapter.column("tokens").to_pylist() != bare
+    assert first_chunk(generate_base.CHUNK_DIR) == bare != with_adapter
+    pool = pq.read_table(generate_base.POOL).to_pandas()
+    assert read_metadata(generate_base.POOL)["privacy"] == "public"  # base weights only: no private data
+    assert counts["sampled"] == 12 and len(pool) == counts["kept"] and pool.id.str.startswith("b").all()
+    assert json.loads(Path(generate_base.METRICS).read_text()) == counts
+    deps = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]["generate_base"]["deps"]
+    assert "data/adapters/generator" not in deps and not [d for d in deps if d.startswith(("data/prepared", "data/raw"))]
     model, _ = merged_model(stage.GENERATOR_DIR, stage.ADAPTER_DIR)
     again = sampler.sample(model, prompt, 8, eos_id=tokenizer.eos_token_id, max_new_tokens=16, top_p=0.95,
                             temperature=1.0, generator=torch.Generator().manual_seed(stage.chunk_seed(0, 0)))
-    assert with_adapter.column("tokens").to_pylist() == again
+    assert with_adapter == again
+
+
+def test_val_nll_is_the_mean_token_loss_of_hugging_face_on_val(release, trained_adapter, generator_dir):
+    """Independent computation: transformers' own loss (labels, its shift) per record, with and
+    without the (unmerged) adapter, against the stage's fused loss on the merged model."""
+    from peft import PeftModel
+
+    from dpinstruct.models.loading import load_generator
+
+    Path("data/prepared").mkdir(parents=True)
+    shutil.copy(trained_adapter.parents[2] / "data/prepared/val.parquet", "data/prepared/val.parquet")
+    release["evaluate"].update(bootstrap=200)
+    with Outputs() as out:
+        result = val_nll.val_nll(release, out)
+    texts = pq.read_table("data/prepared/val.parquet").column("instruction").to_pylist()
+    base, tokenizer = load_generator(generator_dir)
+    prompt = tokenizer(release["train_generator"]["prompt"], add_special_tokens=False)["input_ids"]
+    expected = {}
+    for name, model in (("base", base), ("dp", PeftModel.from_pretrained(load_generator(generator_dir)[0],
+                                                                          str(stage.ADAPTER_DIR)).eval())):
+        total = tokens = 0
+        for text in texts:
+            ids = prompt + tokenizer(text, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+            if len(ids) > release["train_generator"]["max_seq_len"]:
+                continue
+            labels = torch.tensor([[-100] * len(prompt) + ids[len(prompt):]])
+            with torch.no_grad():
+                loss = model(input_ids=torch.tensor([ids]), labels=labels).loss.item()
+            total, tokens = total + loss * (len(ids) - len(prompt)), tokens + len(ids) - len(prompt)
+        expected[name] = total / tokens
+    assert result["base"]["mean"] == pytest.approx(expected["base"], abs=1e-4)
+    assert result["dp"]["mean"] == pytest.approx(expected["dp"], abs=1e-4)
+    assert result["tokens"] == tokens and result["records"] + result["skipped_too_long"] == len(texts)
+    for key in ("base", "dp", "dp_minus_base"):
+        assert result[key]["lo"] <= result[key]["mean"] <= result[key]["hi"]
+    assert result["dp_minus_base"]["mean"] == pytest.approx(expected["dp"] - expected["base"], abs=2e-4)
+    assert json.loads(Path(val_nll.METRICS).read_text()) == json.loads(json.dumps(result))
 
 
 def test_bad_params_are_refused_before_sampling(release):

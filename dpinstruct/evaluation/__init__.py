@@ -1,0 +1,1 @@
+"""Evaluation of instruction sets and generators: utility measures and their intervals."""

@@ -1,0 +1,43 @@
+"""Each record's mean next-token NLL over its instruction tokens and EOS, computed with less work.
+
+The same number as ``dp_adam.per_example_loss`` (to float rounding: tests/models/test_instruction_loss.py),
+from three savings:
+  * the output head runs only at target positions. The plain way projects every position (prompt,
+    padding) onto the 49k vocabulary and keeps those logits for the backward pass; the fused
+    ``target_logprobs`` projects in cache-sized blocks and recomputes them in the backward pass;
+  * with an adapter on the upper blocks only (``lora.layers``), the blocks below it run once
+    without autograd (``trunk``) and the backward pass stops at the first adapted block;
+  * nothing changes the DP analysis: the loss of a row still depends on that row alone.
+Padding is on the right (``dp_adam.collate``), so the default positions 0..len-1 are correct.
+"""
+from __future__ import annotations
+
+import torch
+
+from dpinstruct.models.token_logprob import target_logprobs
+from dpinstruct.models.trunk import output_head, top_hidden, trunk
+from dpinstruct.privacy.dp_adam import IGNORE
+
+
+def row_nll(model, batch: dict[str, torch.Tensor], start: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """([rows] summed NLL of each row's target tokens, [rows] their counts); ``start`` is the first
+    block with trainable parameters (0: all)."""
+    ids, mask = batch["input_ids"], batch["attention_mask"]
+    hidden = trunk(model, ids, start, batch_size=len(ids), attention_mask=mask)
+    final = top_hidden(model, hidden, start, attention_mask=mask)
+    targets = batch["labels"][:, 1:]
+    keep = targets != IGNORE
+    logp = target_logprobs(final[:, :-1][keep], output_head(model), targets[keep])
+    rows = keep.nonzero()[:, 0]
+    summed = torch.zeros(len(ids), dtype=logp.dtype, device=logp.device).index_add(0, rows, -logp)
+    return summed, keep.sum(1)
+
+
+def instruction_loss(start: int):
+    """``loss_fn(model, batch) -> [rows]`` for DPAdam: each row's mean target-token NLL."""
+
+    def loss_fn(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        summed, counts = row_nll(model, batch, start)
+        return summed / counts.clamp(min=1)
+
+    return loss_fn
