@@ -117,6 +117,9 @@ def test_embed_sets_and_expected_ledger_entries_match_dvc_yaml():
 
     items = RAW["embed"]["foreach"]
     assert {k: v["input"] for k, v in items.items()} == embed.SETS
+    from stages import annotate
+
+    assert {k: v["input"] for k, v in RAW["annotate"]["foreach"].items()} == annotate.SETS
     mechanisms = {name for name, stage in DVC.items() if stage.get("meta", {}).get("dp_mechanism")}
     assert mechanisms == {stage for stages in account.EXPECTED.values() for stage in stages}
 
