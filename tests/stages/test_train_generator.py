@@ -39,11 +39,11 @@ def kill_after_two_steps(project, monkeypatch):
     """Run the stage and 'kill' it (KeyboardInterrupt) when it starts its third step."""
     real_step, calls = dp_adam.DPAdam.step, []
 
-    def dying_step(self, micro):
+    def dying_step(self, micro, **kwargs):
         if len(calls) == 2:
             raise KeyboardInterrupt("killed")
         calls.append(1)
-        return real_step(self, micro)
+        return real_step(self, micro, **kwargs)
 
     monkeypatch.setattr(dp_adam.DPAdam, "step", dying_step)
     with pytest.raises(KeyboardInterrupt):
@@ -96,7 +96,7 @@ def test_killed_run_resumes_to_the_same_adapter(project, monkeypatch):
     assert not (project.root / stage.ADAPTER_DIR).exists()  # nothing half-written
     assert torch.load(project.root / stage.CHECKPOINT_DIR / "state.pt", weights_only=False)["step"] == 2
     steps_taken = []
-    monkeypatch.setattr(dp_adam.DPAdam, "step", lambda self, m: steps_taken.append(1) or real_step(self, m))
+    monkeypatch.setattr(dp_adam.DPAdam, "step", lambda self, m, **kw: steps_taken.append(1) or real_step(self, m, **kw))
     run(project)
     assert len(steps_taken) == 1  # only the missing step ran
     assert adapter_digest(project.root) == uninterrupted
@@ -109,7 +109,7 @@ def test_checkpoint_of_another_plan_is_not_resumed(project, monkeypatch):
     real_step = kill_after_two_steps(project, monkeypatch)
     project.params["privacy"]["epsilon"] = 4.0  # another noise multiplier: the 2 old steps do not count
     steps_taken = []
-    monkeypatch.setattr(dp_adam.DPAdam, "step", lambda self, m: steps_taken.append(1) or real_step(self, m))
+    monkeypatch.setattr(dp_adam.DPAdam, "step", lambda self, m, **kw: steps_taken.append(1) or real_step(self, m, **kw))
     entry = run(project)
     assert len(steps_taken) == entry["steps"] == 3
 
@@ -154,7 +154,7 @@ def test_a_checkpoint_made_by_other_code_is_not_resumed(project, monkeypatch):
     real_digest = dp_loop.file_digest
     monkeypatch.setattr(dp_loop, "file_digest", lambda p: real_digest(p) + ("x" if Path(p).name == "randomness.py" else ""))
     steps_taken = []
-    monkeypatch.setattr(dp_adam.DPAdam, "step", lambda self, m: steps_taken.append(1) or real_step(self, m))
+    monkeypatch.setattr(dp_adam.DPAdam, "step", lambda self, m, **kw: steps_taken.append(1) or real_step(self, m, **kw))
     assert run(project)["steps"] == len(steps_taken) == 3
 
 
@@ -163,7 +163,7 @@ def test_a_checkpoint_made_under_another_key_is_not_resumed(project, monkeypatch
     real_step = kill_after_two_steps(project, monkeypatch)
     monkeypatch.setenv("DPINSTRUCT_KEY_FILE", str(tmp_path_factory.mktemp("key") / "other.key"))
     steps_taken = []
-    monkeypatch.setattr(dp_adam.DPAdam, "step", lambda self, m: steps_taken.append(1) or real_step(self, m))
+    monkeypatch.setattr(dp_adam.DPAdam, "step", lambda self, m, **kw: steps_taken.append(1) or real_step(self, m, **kw))
     assert run(project)["steps"] == len(steps_taken) == 3
 
 
