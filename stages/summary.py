@@ -23,8 +23,11 @@ INPUTS = {"privacy": "metrics/privacy.json", "eval": "metrics/eval.json", "val_n
 METRICS = "metrics/summary.json"
 
 
-def _r(x: float) -> float:
-    return x if not math.isfinite(x) or x == 0 else round(x, 3 - math.floor(math.log10(abs(x))))
+def _r(x: float | str) -> float | str:
+    x = float(x)  # the ledger writes a non-private run's epsilon as "inf" (strict JSON has no inf)
+    if math.isinf(x):
+        return "inf" if x > 0 else "-inf"
+    return x if x == 0 else round(x, 3 - math.floor(math.log10(abs(x))))
 
 
 def _pm(interval: dict) -> float:

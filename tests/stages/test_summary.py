@@ -37,6 +37,17 @@ def test_summary_holds_the_compared_figures_rounded_with_interval_half_widths():
     }
 
 
+def test_a_non_private_run_summarises_to_strict_json_with_epsilon_inf():
+    import copy
+    import json
+
+    reports = copy.deepcopy(REPORTS)
+    reports["privacy"]["datasets"]["instructions"]["epsilon"] = "inf"  # as the ledger writes it
+    got = summary.summarise(reports)
+    assert got["epsilon"] == {"imdb": 3.985, "instructions": "inf"}
+    json.dumps(got, allow_nan=False)
+
+
 def test_summary_is_the_only_dvc_metric_and_it_is_small():
     stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
     declared = [m for s in stages.values() for m in (s.get("metrics") or (s.get("do") or {}).get("metrics") or [])]
