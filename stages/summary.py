@@ -15,7 +15,9 @@ import json
 import math
 from pathlib import Path
 
+from dpinstruct.io import params as P
 from dpinstruct.io.runner import run_stage
+from dpinstruct.privacy.ledger import finite
 
 STAGE = "summary"
 INPUTS = {"privacy": "metrics/privacy.json", "eval": "metrics/eval.json", "val_nll": "metrics/val_nll.json",
@@ -23,11 +25,9 @@ INPUTS = {"privacy": "metrics/privacy.json", "eval": "metrics/eval.json", "val_n
 METRICS = "metrics/summary.json"
 
 
-def _r(x: float | str) -> float | str:
-    x = float(x)  # the ledger writes a non-private run's epsilon as "inf" (strict JSON has no inf)
-    if math.isinf(x):
-        return "inf" if x > 0 else "-inf"
-    return x if x == 0 else round(x, 3 - math.floor(math.log10(abs(x))))
+def _r(x: float | str) -> float:
+    x = P.as_float(x)  # the ledger writes a non-private run's epsilon as "inf"
+    return x if not math.isfinite(x) or x == 0 else round(x, 3 - math.floor(math.log10(abs(x))))
 
 
 def _pm(interval: dict) -> float:
@@ -37,7 +37,7 @@ def _pm(interval: dict) -> float:
 def summarise(reports: dict) -> dict:
     datasets, ev, nll = reports["privacy"]["datasets"], reports["eval"], reports["val_nll"]
     mauve = ev["mauve"]
-    return {
+    return finite({  # strict JSON: a non-private run's epsilon is written "inf", as in the ledger
         "epsilon": {name: _r(d["epsilon"]) for name, d in sorted(datasets.items())},
         "delta": {name: d["delta"] for name, d in sorted(datasets.items())},
         "released": reports["resample"]["released"],
@@ -48,7 +48,7 @@ def summarise(reports: dict) -> dict:
                   "pool": _r(mauve["pool"]["mauve"]), "pool_pm": _pm(mauve["pool"]),
                   "base": _r(mauve["base"]["mauve"]), "train": _r(mauve["train"]["mauve"]),
                   "public": _r(mauve["public"]["mauve"])},
-    }
+    })
 
 
 def main() -> None:

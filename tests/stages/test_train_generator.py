@@ -51,6 +51,13 @@ def kill_after_two_steps(project, monkeypatch):
     return real_step
 
 
+def count_steps(monkeypatch, real_step) -> list:
+    """Let DPAdam step for real again, recording each step taken."""
+    taken = []
+    monkeypatch.setattr(dp_adam.DPAdam, "step", lambda self, m, **kw: taken.append(1) or real_step(self, m, **kw))
+    return taken
+
+
 def adapter_digest(root) -> str:
     return hashlib.sha256((root / stage.ADAPTER_DIR / "adapter_model.safetensors").read_bytes()).hexdigest()
 
@@ -95,8 +102,7 @@ def test_killed_run_resumes_to_the_same_adapter(project, monkeypatch):
     real_step = kill_after_two_steps(project, monkeypatch)
     assert not (project.root / stage.ADAPTER_DIR).exists()  # nothing half-written
     assert torch.load(project.root / stage.CHECKPOINT_DIR / "state.pt", weights_only=False)["step"] == 2
-    steps_taken = []
-    monkeypatch.setattr(dp_adam.DPAdam, "step", lambda self, m, **kw: steps_taken.append(1) or real_step(self, m, **kw))
+    steps_taken = count_steps(monkeypatch, real_step)
     run(project)
     assert len(steps_taken) == 1  # only the missing step ran
     assert adapter_digest(project.root) == uninterrupted
@@ -108,8 +114,7 @@ def test_checkpoint_of_another_plan_is_not_resumed(project, monkeypatch):
     tiny(project)
     real_step = kill_after_two_steps(project, monkeypatch)
     project.params["privacy"]["epsilon"] = 4.0  # another noise multiplier: the 2 old steps do not count
-    steps_taken = []
-    monkeypatch.setattr(dp_adam.DPAdam, "step", lambda self, m, **kw: steps_taken.append(1) or real_step(self, m, **kw))
+    steps_taken = count_steps(monkeypatch, real_step)
     entry = run(project)
     assert len(steps_taken) == entry["steps"] == 3
 
@@ -153,8 +158,7 @@ def test_a_checkpoint_made_by_other_code_is_not_resumed(project, monkeypatch):
     real_step = kill_after_two_steps(project, monkeypatch)
     real_digest = dp_loop.file_digest
     monkeypatch.setattr(dp_loop, "file_digest", lambda p: real_digest(p) + ("x" if Path(p).name == "randomness.py" else ""))
-    steps_taken = []
-    monkeypatch.setattr(dp_adam.DPAdam, "step", lambda self, m, **kw: steps_taken.append(1) or real_step(self, m, **kw))
+    steps_taken = count_steps(monkeypatch, real_step)
     assert run(project)["steps"] == len(steps_taken) == 3
 
 
@@ -162,8 +166,7 @@ def test_a_checkpoint_made_under_another_key_is_not_resumed(project, monkeypatch
     tiny(project)
     real_step = kill_after_two_steps(project, monkeypatch)
     monkeypatch.setenv("DPINSTRUCT_KEY_FILE", str(tmp_path_factory.mktemp("key") / "other.key"))
-    steps_taken = []
-    monkeypatch.setattr(dp_adam.DPAdam, "step", lambda self, m, **kw: steps_taken.append(1) or real_step(self, m, **kw))
+    steps_taken = count_steps(monkeypatch, real_step)
     assert run(project)["steps"] == len(steps_taken) == 3
 
 
