@@ -68,9 +68,12 @@ class DPLoop:
         # The curves restart from the checkpoint's history, not from the DVCLive folder: DVC deletes a
         # stage's outputs before re-running it, so a resumed run would otherwise log from step 0 again.
         history = list(state["history"]) if state else []
-        # Epsilon is composed at EPSILON_POINTS steps at most (and the last): one PLD composition costs
-        # ~0.5 s, which at hundreds of cheap steps (the reward model's head) would dominate the stage.
+        # Epsilon is composed at EPSILON_POINTS steps at most (and the last): even from a one-step PLD
+        # built once, a composition costs ~0.2 s, which at hundreds of cheap steps (the reward
+        # model's head) would dominate the stage.
         every, eps = max(1, math.ceil(self.steps / EPSILON_POINTS)), math.inf
+        curve = acct.EpsilonCurve(self.noise_multiplier, self.sampling_rate, self.delta) \
+            if self.noise_multiplier > 0 and start < self.steps else None
         live = Live(self.live_dir, resume=False, save_dvc_exp=False, dvcyaml=None, report=None)
         live.summary.update(summary or {})
         for logged in history:
@@ -83,8 +86,7 @@ class DPLoop:
             yield step
             due = (step + 1) % every == 0 or step + 1 == self.steps
             if due and self.noise_multiplier > 0:
-                eps = acct.epsilon_pld([acct.dp_sgd_event(self.noise_multiplier, self.sampling_rate, step + 1)],
-                                       self.delta)
+                eps = curve(step + 1)
             bar.set_postfix({k: (f"{v:.3f}" if isinstance(v, float) else v) for k, v in self.metrics.items()},
                             eps=f"{eps:.2f}")
             logged = dict(self.metrics, **({"epsilon": eps} if due and self.noise_multiplier > 0 else {}))

@@ -30,6 +30,31 @@ def test_dp_sgd_event_matches_a_hand_built_event_and_rdp_bounds_it():
     assert abs(pld - prv) < 0.05  # ...and agrees with an independent accountant
 
 
+def test_the_training_curve_states_the_accountants_epsilon_bit_for_bit():
+    # The curve builds the one-step PLD once; each point must still be exactly what an independent
+    # PLDAccountant says of the same t steps, so the last point equals the ledger's epsilon.
+    for sigma, q, delta, points in ((0.65, 1 / 3, 1e-3, (1, 5)), (1.3, 0.15, 1e-5, (2,))):
+        curve = acct.EpsilonCurve(sigma, q, delta)
+        for steps in points:
+            accountant = pld_privacy_accountant.PLDAccountant(value_discretization_interval=acct.PLD_DISCRETISATION)
+            accountant.compose(dp_accounting.SelfComposedDpEvent(
+                dp_accounting.PoissonSampledDpEvent(q, dp_accounting.GaussianDpEvent(sigma)), steps))
+            assert curve(steps) == accountant.get_epsilon(delta)
+    assert curve(1) < curve(2) < curve(3)  # epsilon grows as steps are spent
+
+
+def test_remembered_answers_are_the_answers_to_the_same_question_only():
+    # Questions that differ in one field, asked in turn and again: each answer is an independent accountant's.
+    questions = [((1.5, 0.1, 4), 1e-5), ((1.5, 0.1, 4), 1e-6), ((1.5, 0.1, 5), 1e-5), ((1.5000001, 0.1, 4), 1e-5)]
+    events = [dp_accounting.SelfComposedDpEvent(dp_accounting.PoissonSampledDpEvent(q, dp_accounting.GaussianDpEvent(s)), t)
+              for (s, q, t), _ in questions]
+    independent = [pld_privacy_accountant.PLDAccountant(value_discretization_interval=acct.PLD_DISCRETISATION)
+                   .compose(e).get_epsilon(d) for e, (_, d) in zip(events, questions)]
+    for _ in range(2):
+        assert [acct.epsilon_pld([e], d) for e, (_, d) in zip(events, questions)] == independent
+    assert acct.epsilon_prv([(1.5, 0.1, 4)], 1e-5) < acct.epsilon_prv([(1.5, 0.1, 5)], 1e-5)
+
+
 def test_gaussian_histogram_matches_the_analytic_gaussian_mechanism():
     # Balle & Wang's exact epsilon for one Gaussian mechanism, computed independently of PLD.
     sigma, delta = 10.0, 1e-5
