@@ -10,7 +10,9 @@ It runs each variant in its own process (so peak memory is per variant) and prin
   (c) peak RSS of each variant.
 Levers (issue 16), each measured on (a) with `--variant step`: `--loss plain` (logits at every
 position, the loss before the fused one), `--layers 20` (LoRA on blocks 20.. only, the backward
-pass stops there), `--bf16` (autocast). `--threads N` sets torch's intra-op threads.
+pass stops there), `--bf16` (autocast), `--compile mlp|blocks` (torch.compile each block's frozen
+MLP, or each whole block with its LoRA layers and opacus hooks inside). `--threads N` sets torch's
+intra-op threads.
 """
 from __future__ import annotations
 
@@ -32,7 +34,7 @@ TRAIN = "data/prepared/train.parquet"
 MAX_LEN, PHYSICAL = 64, 16
 
 
-LEVERS = {"loss": "fused", "layers": None, "bf16": False}
+LEVERS = {"loss": "fused", "layers": None, "bf16": False, "compile": None}
 
 
 def setup():
@@ -44,6 +46,11 @@ def setup():
     torch.manual_seed(0)
     lora = dict(cfg["lora"], **({"layers": list(range(LEVERS["layers"], 30))} if LEVERS["layers"] else {}))
     model, tok = lora_model(GENERATOR_DIR, lora)
+    if LEVERS["compile"]:
+        # 30 blocks share one forward: without room in dynamo's cache, all but 8 would run eagerly.
+        torch._dynamo.config.cache_size_limit = torch._dynamo.config.accumulated_cache_size_limit = 512
+        for block in model.base_model.model.model.layers:
+            (block.mlp if LEVERS["compile"] == "mlp" else block).compile()
     texts = pd.read_parquet(TRAIN).instruction.tolist()
     examples, prompt_len, _ = build_examples(tok, texts, cfg["prompt"], MAX_LEN)
     return cfg, model, tok, examples, prompt_len
@@ -143,9 +150,10 @@ def main() -> None:
     parser.add_argument("--loss", choices=("fused", "plain"), default="fused")
     parser.add_argument("--layers", type=int, default=None, help="LoRA on blocks LAYERS..29 only")
     parser.add_argument("--bf16", action="store_true")
+    parser.add_argument("--compile", choices=("mlp", "blocks"), default=None)
     parser.add_argument("--threads", type=int, default=None)
     args = parser.parse_args()
-    LEVERS.update(loss=args.loss, layers=args.layers, bf16=args.bf16)
+    LEVERS.update(loss=args.loss, layers=args.layers, bf16=args.bf16, compile=args.compile)
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.variant:
@@ -156,7 +164,8 @@ def main() -> None:
     results = {}
     for v in ("step", "ours", "naive"):
         levers = [*(["--loss", args.loss]), *(["--layers", str(args.layers)] if args.layers else []),
-                  *(["--bf16"] if args.bf16 else []), *(["--threads", str(args.threads)] if args.threads else [])]
+                  *(["--bf16"] if args.bf16 else []), *(["--compile", args.compile] if args.compile else []),
+                  *(["--threads", str(args.threads)] if args.threads else [])]
         out = subprocess.run([sys.executable, "-m", "tests.benchmarks.bench_train_generator", "--variant", v,
                               "--fraction", str(args.fraction), *levers], check=True, capture_output=True,
                              text=True).stdout
