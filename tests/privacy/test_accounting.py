@@ -40,6 +40,7 @@ def test_the_training_curve_states_the_accountants_epsilon_bit_for_bit():
             accountant.compose(dp_accounting.SelfComposedDpEvent(
                 dp_accounting.PoissonSampledDpEvent(q, dp_accounting.GaussianDpEvent(sigma)), steps))
             assert curve(steps) == accountant.get_epsilon(delta)
+    curve = acct.EpsilonCurve(1.3, 0.15, 1e-5)
     assert curve(1) < curve(2) < curve(3)  # epsilon grows as steps are spent
 
 
