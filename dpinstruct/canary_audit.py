@@ -39,7 +39,7 @@ from dpinstruct.io.runner import setup_logging
 from dpinstruct.models import dp_generator
 from dpinstruct.models.loading import GENERATOR_DIR, load_tokenizer
 from dpinstruct.privacy import accounting as acct
-from dpinstruct.privacy import user_level
+from dpinstruct.privacy import dp_count, user_level
 from dpinstruct.privacy.audit import audit
 from dpinstruct.privacy.dp_adam import collate, per_example_loss
 from dpinstruct.privacy.ledger import finite
@@ -96,9 +96,12 @@ def run_once(params: dict, label: str, train: pd.DataFrame, texts: list[str], in
                           params.get("user_level"))
     data_digest = P.params_hash(data.id.tolist(), data.instruction.tolist())
     started = time.monotonic()
+    # The run's DP count (the divisor and the calibration's prior, exactly as train_generator plans),
+    # plus the canaries added to the copy of the split (an audit-internal, private figure).
+    noisy_count, count_component, _ = dp_count.read("instructions")
     fitted = dp_generator.fit(params, data.instruction.tolist(), units=units,
-                              binding=("audit", label, phash, data_digest),
-                              run_key_parts=("audit", label, phash, data_digest),
+                              noisy_count=noisy_count + int(included.sum()), count_component=count_component,
+                              run_key=("audit", label, phash, data_digest),
                               checkpoint_dir=workdir / label / "checkpoints", live_dir=workdir / label / "live",
                               desc=f"audit training ({label})")
     # the time is logged, not reported: it grows with the private N

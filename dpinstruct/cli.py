@@ -17,6 +17,9 @@ COMMANDS = {  # name -> (module, one-line summary)
                "a lower bound on epsilon (Steinke et al. 2023)")),
     "sweep": ("dpinstruct.sweep",
               "run one DVC experiment per privacy.epsilon and tabulate privacy against utility"),
+    "tune": ("dpinstruct.tuning",
+             ("choose DP hyperparameter defaults on PUBLIC proxies: ppo-clip (rl.dp_ppo.clip_norm), "
+              "generator-lr (train_generator.lr)")),
 }
 
 

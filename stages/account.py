@@ -9,7 +9,8 @@ guarantee at the top level (``epsilon``, ``delta``, ...: the ``instructions`` da
 dataset's under ``datasets``. The run fails when a dataset's composed epsilon exceeds its
 target by EITHER accountant, by any amount: every mechanism's noise was calibrated so that both
 fit, so an excess means the ledger and the budget disagree (for example a stale entry), and
-nothing may be released.
+nothing may be released. It also refuses a ledger whose entries mix randomness modes (keyed and
+``secure_mode``): ``privacy.secure_mode`` is one setting for every DP stage.
 """
 from __future__ import annotations
 
@@ -29,8 +30,10 @@ OUT = "metrics/privacy.json"
 RELEASE = "instructions"  # the dataset of the released instruction set
 BUDGETS = {"instructions": "privacy", "imdb": "rl.privacy", "hh_rlhf": "rlhf.privacy"}  # dataset -> its budget
 # each dataset's mechanisms; RLHF on the release adds none to `instructions` (post-processing)
-EXPECTED = {"instructions": ("histogram", "train_generator"), "imdb": ("dp_ppo", "dp_sft"),
-            "hh_rlhf": ("dp_reward_model",)}
+# (each DP-SGD input's DP count is a mechanism of its dataset too: dp_count@<input>)
+EXPECTED = {"instructions": ("dp_count@instructions", "histogram", "train_generator"),
+            "imdb": ("dp_count@imdb_ppo", "dp_count@imdb_sft", "dp_ppo", "dp_sft"),
+            "hh_rlhf": ("dp_count@hh_rlhf", "dp_reward_model",)}
 
 
 def budget(params: dict, dataset: str) -> tuple[float, float]:
@@ -47,6 +50,11 @@ def account(params: dict, out) -> dict:
     if unknown or any(found[d] != sorted(EXPECTED[d]) for d in EXPECTED):
         raise PrivacyConfigError(f"{ledger.LEDGER_DIR}: expected ledger entries {EXPECTED}, found {found}"
                                  + (f" and entries of unknown datasets {unknown}" if unknown else ""))
+    modes = {e["stage"]: bool(e.get("secure_mode")) for e in entries}
+    if len(set(modes.values())) > 1:
+        raise PrivacyConfigError(f"{ledger.LEDGER_DIR}: entries drew their randomness in different modes "
+                                 f"(secure_mode per stage: {modes}); privacy.secure_mode is one setting for every "
+                                 "DP stage: re-run the stale ones (dvc repro)")
     datasets = {}
     for name in EXPECTED:
         target, delta = budget(params, name)

@@ -1,18 +1,14 @@
 """Stage `dp_ppo` (Wu et al., step 2 of task (i)): DP-PPO of a LoRA policy toward positive reviews.
 
-The policy is the DP-SFT model (base + data/adapters/dp_sft, merged) with a fresh LoRA adapter;
-the reference is the same model with that adapter disabled (the frozen DP-SFT model). The privacy
-unit is one private prompt (the opening of one review of the ``partition`` part of
-data/rl/prompts.parquet): every step Poisson-samples prompts at ``sampling_rate``, draws
-``rollouts`` continuations of each (dpinstruct/rl/ppo.py; each from a generator keyed by the secret
-key, the step and that prompt's id, so one prompt's rollouts never depend on the others), rewards them with the public sentiment
-classifier, shapes the reward with a KL penalty to the reference, subtracts the mean of the prompt's
-own rollouts, and DP-Adam clips the gradient of the prompt's whole contribution to C as ONE example
-and adds the noise once per step. Budget first: on its own part the stage meets ``rl.privacy``
-alone (parallel composition with DP-SFT); on the SFT part (``partition: sft``) it composes with
-DP-SFT's ledger entry and is refused when DP-SFT already spends the budget. Writes
-data/adapters/dp_ppo (dp), its ledger entry and DVCLive curves (reward, KL, epsilon; private:
-computed on private prompts).
+The policy is the DP-SFT model (base + dp_sft adapter, merged) with a fresh LoRA adapter; the
+reference is that model with the adapter disabled. The privacy unit is one private prompt (a
+review's opening in the ``partition`` part of data/rl/prompts.parquet): every step Poisson-samples
+prompts, draws ``rollouts`` continuations of each (each from a generator keyed by the run key, the
+step and that prompt's id: dpinstruct/rl/ppo.py), rewards them with the public classifier, shapes
+the reward with a KL penalty, subtracts the mean of the prompt's own rollouts, and DP-Adam clips the
+prompt's whole contribution to C as ONE example, noise once per step. Budget first: with the
+part's DP count it meets ``rl.privacy`` (in parallel with DP-SFT; on the SFT part it composes with
+DP-SFT's entry). Writes data/adapters/dp_ppo (dp), its ledger entry and DVCLive curves (private).
 """
 from __future__ import annotations
 
@@ -24,19 +20,18 @@ import pandas as pd
 import torch
 
 from dpinstruct.io import params as P
-from dpinstruct.io.artifacts import file_digest
 from dpinstruct.io.errors import ConfigError, InputError
 from dpinstruct.io.runner import run_stage
 from dpinstruct.models.loading import GENERATOR_DIR
 from dpinstruct.models.lora import lora_model, merged_model, save_adapter
 from dpinstruct.models.trunk import first_adapted_layer
 from dpinstruct.privacy import accounting as acct
-from dpinstruct.privacy import dp_adam, ledger
+from dpinstruct.privacy import dp_count, ledger
 from dpinstruct.privacy.dp_adam import DPAdam, poisson_sample
 from dpinstruct.privacy.dp_loop import DPLoop
 from dpinstruct.privacy.randomness import DPRandom
+from dpinstruct.privacy.run_key import run_key
 from dpinstruct.rl import ppo
-from dpinstruct.rl import reward as reward_model
 from dpinstruct.rl.reward import SentimentReward
 
 log = logging.getLogger("stages.dp_ppo")
@@ -48,6 +43,7 @@ REWARD_DIR = Path("data/models/sentiment_reward")
 ADAPTER_DIR = Path("data/adapters/dp_ppo")
 CHECKPOINT_DIR = Path("data/checkpoints/dp_ppo")
 LIVE_DIR = Path("dvclive/dp_ppo")
+COUNTS = ("imdb_sft", "imdb_ppo")  # DP counts of the two parts; rl.dp_ppo.partition picks one
 
 
 def settings(cfg: dict) -> ppo.PPOSettings:
@@ -60,17 +56,25 @@ def settings(cfg: dict) -> ppo.PPOSettings:
     return s
 
 
-def plan(params: dict, n_records: int) -> acct.DPSGDPlan:
+def plan(params: dict) -> acct.DPSGDPlan:
+    """Its prior: the read part's DP count, and DP-SFT when it reads DP-SFT's part (sequential)."""
     cfg = params["rl"][STAGE]
-    prior = []
+    if cfg["partition"] not in ("sft", "ppo"):
+        raise ConfigError("rl.dp_ppo.partition", f"must be sft or ppo, got {cfg['partition']!r}")
+    noisy_count, count_component, _ = dp_count.read(f"imdb_{cfg['partition']}")
+    prior = [count_component]
     sft = json.loads(SFT_LEDGER.read_text())
     if cfg["partition"] == sft["partition"]:  # the same records as DP-SFT: sequential composition
-        prior = [(P.as_float(sft["noise_multiplier"]), P.as_float(sft["sampling_rate"]), int(sft["steps"]))]
-    return acct.plan_dp_sgd(params["rl"].get("privacy"), budget_name="rl.privacy", n_records=n_records,
+        prior.append((P.as_float(sft["noise_multiplier"]), P.as_float(sft["sampling_rate"]), int(sft["steps"])))
+    return acct.plan_dp_sgd(params["rl"].get("privacy"), budget_name="rl.privacy", noisy_count=noisy_count,
                             sampling_rate=P.as_float(cfg["sampling_rate"]), steps=int(cfg["steps"]),
-                            clip_norm=P.as_float(cfg["clip_norm"]), expected_batch_size=P.as_float(cfg["expected_batch_size"]),
-                            epochs_per_batch=int(cfg["epochs_per_batch"]), prior=prior,
-                            prior_label=f"dp_sft on the same part ({sft['partition']})")
+                            clip_norm=P.as_float(cfg["clip_norm"]), epochs_per_batch=int(cfg["epochs_per_batch"]),
+                            prior=prior, prior_label=f"the DP count and earlier mechanisms on part {cfg['partition']}")
+
+
+def inputs(cfg: dict) -> tuple:
+    """Every file or folder the stage reads (both parts' counts): bound into its DP streams."""
+    return (PROMPTS, GENERATOR_DIR, SFT_ADAPTER, SFT_LEDGER, REWARD_DIR, *map(dp_count.entry_path, COUNTS))
 
 
 def dp_ppo(params: dict, out) -> dict:
@@ -81,16 +85,14 @@ def dp_ppo(params: dict, out) -> dict:
     prompts = prompts[prompts.partition == cfg["partition"]].reset_index(drop=True)
     if prompts.empty:
         raise InputError(PROMPTS, f"no prompt in part {cfg['partition']!r} (rl.dp_ppo.partition)", field="partition")
-    p = plan(params, len(prompts))  # refuses unsafe settings before any model work
+    p = plan(params)  # refuses unsafe settings before any model work
     log.info("plan: q=%.4g T=%d sigma=%.4f (x%d epochs) C=%s -> epsilon %.3f (PLD), %.3f (PRV) at delta %g",
              p.sampling_rate, p.steps, p.noise_multiplier, p.epochs_per_batch, p.clip_norm, p.composed_epsilon,
              p.composed_epsilon_prv, p.delta)
+    key = run_key(STAGE, (cfg, params["rl"].get("privacy"), p.as_dict()), inputs(cfg))
     # rollout randomness is keyed too: nobody without the key can replay a step's continuations
-    rollout_seeds = DPRandom.for_purpose(f"{STAGE}/rollouts", phash, file_digest(PROMPTS), privacy=params["rl"].get("privacy"))
-    loop = DPLoop(STAGE, privacy=params["rl"].get("privacy"), binding=(phash, file_digest(PROMPTS)),
-                  run_key_parts=(phash, p.as_dict(), file_digest(PROMPTS), file_digest(SFT_ADAPTER / "adapter_model.safetensors"),
-                                 file_digest(REWARD_DIR / reward_model.MODEL_FILE), file_digest(__file__),
-                                 file_digest(ppo.__file__), file_digest(dp_adam.__file__)),
+    rollout_seeds = DPRandom.for_purpose(f"{STAGE}/rollouts", *key, privacy=params["privacy"])
+    loop = DPLoop(STAGE, privacy=params["privacy"], run_key=key,
                   steps=p.steps, noise_multiplier=p.effective_noise_multiplier, sampling_rate=p.sampling_rate,
                   delta=p.delta, checkpoint_dir=CHECKPOINT_DIR, live_dir=LIVE_DIR,
                   checkpoint_every=int(cfg["checkpoint_every"]))

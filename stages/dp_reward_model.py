@@ -19,13 +19,13 @@ import pandas as pd
 import torch
 
 from dpinstruct.io import params as P
-from dpinstruct.io.artifacts import file_digest
 from dpinstruct.io.errors import InputError
 from dpinstruct.io.runner import run_stage
 from dpinstruct.privacy import accounting as acct
-from dpinstruct.privacy import ledger
+from dpinstruct.privacy import dp_count, ledger
 from dpinstruct.privacy.dp_adam import DPAdam
 from dpinstruct.privacy.dp_loop import DPLoop
+from dpinstruct.privacy.run_key import run_key
 from dpinstruct.rl import bradley_terry as bt
 from dpinstruct.rl.preference_reward import Backbone, PreferenceReward
 
@@ -35,14 +35,18 @@ FEATURES = Path("data/rlhf/features.parquet")
 MODEL_DIR = Path("data/models/dp_reward_model")
 CHECKPOINT_DIR = Path("data/checkpoints/dp_reward_model")
 LIVE_DIR = Path("dvclive/dp_reward_model")
+COUNT = "hh_rlhf"  # the DP count of the reward part (stage dp_count@hh_rlhf)
+# Every file the stage reads: bound into its DP streams (a test checks dvc.yaml's deps agree).
+INPUTS = (FEATURES, dp_count.entry_path(COUNT))
 
 
-def plan(params: dict, n_records: int) -> acct.DPSGDPlan:
+def plan(params: dict) -> acct.DPSGDPlan:
     cfg = params["rlhf"][STAGE]
-    return acct.plan_dp_sgd(params["rlhf"].get("privacy"), budget_name="rlhf.privacy", n_records=n_records,
+    noisy_count, count_component, _ = dp_count.read(COUNT)
+    return acct.plan_dp_sgd(params["rlhf"].get("privacy"), budget_name="rlhf.privacy", noisy_count=noisy_count,
                             sampling_rate=P.as_float(cfg["sampling_rate"]), steps=int(cfg["steps"]),
-                            clip_norm=P.as_float(cfg["clip_norm"]),
-                            expected_batch_size=P.as_float(cfg["expected_batch_size"]))
+                            clip_norm=P.as_float(cfg["clip_norm"]), prior=[count_component],
+                            prior_label=f"the DP count of the {PARTITION} part")
 
 
 def dp_reward_model(params: dict, out) -> dict:
@@ -53,11 +57,11 @@ def dp_reward_model(params: dict, out) -> dict:
     if features.empty:
         raise InputError(FEATURES, f"no comparison in part {PARTITION!r}", field="partition")
     pair_deltas = bt.deltas(features)
-    p = plan(params, len(pair_deltas))  # refuses unsafe settings before any training
+    p = plan(params)  # refuses unsafe settings before any training
     log.info("plan: q=%.4g T=%d sigma=%.4f C=%s -> epsilon %.3f (PLD), %.3f (PRV) at delta %g", p.sampling_rate,
              p.steps, p.noise_multiplier, p.clip_norm, p.composed_epsilon, p.composed_epsilon_prv, p.delta)
-    loop = DPLoop(STAGE, privacy=params["rlhf"].get("privacy"), binding=(phash, file_digest(FEATURES)),
-                  run_key_parts=(phash, p.as_dict(), file_digest(FEATURES), file_digest(__file__), file_digest(bt.__file__)),
+    key = run_key(STAGE, (cfg, params["rlhf"].get("privacy"), p.as_dict(), params["rlhf"].get("features")), INPUTS)
+    loop = DPLoop(STAGE, privacy=params["privacy"], run_key=key,
                   steps=p.steps, noise_multiplier=p.noise_multiplier, sampling_rate=p.sampling_rate, delta=p.delta,
                   checkpoint_dir=CHECKPOINT_DIR, live_dir=LIVE_DIR, checkpoint_every=int(cfg["checkpoint_every"]))
     torch.manual_seed(int(cfg["seed"]))

@@ -18,14 +18,14 @@ import pandas as pd
 import torch
 
 from dpinstruct.io import params as P
-from dpinstruct.io.artifacts import file_digest
 from dpinstruct.io.runner import run_stage
 from dpinstruct.models.loading import GENERATOR_DIR
 from dpinstruct.models.lora import lora_model, save_adapter
 from dpinstruct.privacy import accounting as acct
-from dpinstruct.privacy import dp_adam, ledger
+from dpinstruct.privacy import dp_count, ledger
 from dpinstruct.privacy.dp_adam import DPAdam, collate, micro_batches, poisson_sample
 from dpinstruct.privacy.dp_loop import DPLoop
+from dpinstruct.privacy.run_key import run_key
 
 log = logging.getLogger("stages.dp_sft")
 STAGE, DATASET, PARTITION = "dp_sft", "imdb", "sft"
@@ -33,26 +33,29 @@ REVIEWS = Path("data/rl/sft.parquet")
 ADAPTER_DIR = Path("data/adapters/dp_sft")
 CHECKPOINT_DIR = Path("data/checkpoints/dp_sft")
 LIVE_DIR = Path("dvclive/dp_sft")
+COUNT = "imdb_sft"  # the DP count of the part (stage dp_count@imdb_sft)
+# Every file or folder the stage reads: bound into its DP streams (a test checks dvc.yaml's deps agree).
+INPUTS = (REVIEWS, GENERATOR_DIR, dp_count.entry_path(COUNT))
 
 
-def plan(params: dict, n_records: int) -> acct.DPSGDPlan:
+def plan(params: dict) -> acct.DPSGDPlan:
     cfg = params["rl"][STAGE]
-    return acct.plan_dp_sgd(params["rl"].get("privacy"), budget_name="rl.privacy", n_records=n_records,
+    noisy_count, count_component, _ = dp_count.read(COUNT)
+    return acct.plan_dp_sgd(params["rl"].get("privacy"), budget_name="rl.privacy", noisy_count=noisy_count,
                             sampling_rate=P.as_float(cfg["sampling_rate"]), steps=int(cfg["steps"]),
-                            clip_norm=P.as_float(cfg["clip_norm"]),
-                            expected_batch_size=P.as_float(cfg["expected_batch_size"]))
+                            clip_norm=P.as_float(cfg["clip_norm"]), prior=[count_component],
+                            prior_label=f"the DP count of the {PARTITION} part")
 
 
 def dp_sft(params: dict, out) -> dict:
     cfg = params["rl"][STAGE]
     phash = P.params_hash(cfg, params["rl"].get("privacy"))
     texts = pd.read_parquet(REVIEWS, columns=["text"]).text.tolist()
-    p = plan(params, len(texts))  # refuses unsafe settings before any model work
+    p = plan(params)  # refuses unsafe settings before any model work
     log.info("plan: q=%.4g T=%d sigma=%.4f C=%s -> epsilon %.3f (PLD), %.3f (PRV) at delta %g", p.sampling_rate,
              p.steps, p.noise_multiplier, p.clip_norm, p.composed_epsilon, p.composed_epsilon_prv, p.delta)
-    loop = DPLoop(STAGE, privacy=params["rl"].get("privacy"), binding=(phash, file_digest(REVIEWS)),
-                  run_key_parts=(phash, p.as_dict(), file_digest(REVIEWS), file_digest(GENERATOR_DIR / "model.safetensors"),
-                                 file_digest(__file__), file_digest(dp_adam.__file__)),
+    key = run_key(STAGE, (cfg, params["rl"].get("privacy"), p.as_dict()), INPUTS)
+    loop = DPLoop(STAGE, privacy=params["privacy"], run_key=key,
                   steps=p.steps, noise_multiplier=p.noise_multiplier, sampling_rate=p.sampling_rate, delta=p.delta,
                   checkpoint_dir=CHECKPOINT_DIR, live_dir=LIVE_DIR, checkpoint_every=int(cfg["checkpoint_every"]))
     torch.manual_seed(int(cfg["seed"]))  # LoRA init only

@@ -1,12 +1,15 @@
 """Stage `hh_prepare`: the PRIVATE human preference pairs (HH-RLHF harmless), checked and split.
 
 ``rlhf.data.private_path`` -> data/rlhf/pairs.parquet (id, prompt, chosen, rejected, partition),
-class private. Bad input stops the stage with the file, line and field (``read_pairs``); the
-pairs that do not compare two answers to one prompt are dropped and counted
-(``comparisons``). A comparison goes to ``reward`` (the DP reward model's part) or ``heldout``
-(accuracy, never trained on by the models under comparison) by a seeded hash of its id alone
-(``partition_of``), so the split is a rule on each pair and the held-out part is disjoint from the
-DP mechanism's input. Only counts are logged, into metrics/rlhf/prepare.json (private).
+class private. Bad input stops the stage with the file, line and field (``read_pairs``: checks of
+one line each; nothing is written). Then every step is 1-stable (``preference_parts``), so "add or
+remove one comparison of the raw file" is the neighbouring relation the ledger's epsilon covers:
+a comparison repeated in the file is ONE comparison (set semantics, counted in ``duplicates``);
+the pairs that do not compare two answers to one prompt are dropped and counted (``comparisons``);
+a comparison goes to ``reward`` (the DP reward model's part) or ``heldout`` (accuracy, never trained
+on by the models under comparison) by a seeded hash of its id alone, a hash of its two texts, so
+the held-out part is disjoint from the DP mechanism's input and copies never straddle the two.
+Only counts are logged, into metrics/rlhf/prepare.json (private).
 """
 from __future__ import annotations
 
@@ -20,8 +23,7 @@ from dpinstruct.io import quality
 from dpinstruct.io.artifacts import table_metadata
 from dpinstruct.io.errors import ConfigError, InputError
 from dpinstruct.io.runner import run_stage
-from dpinstruct.rl.data import partition_of
-from dpinstruct.rl.preferences import SCHEMA, comparisons, read_pairs
+from dpinstruct.rl.preferences import SCHEMA, preference_parts, read_pairs
 
 log = logging.getLogger("stages.hh_prepare")
 STAGE = "hh_prepare"
@@ -40,15 +42,14 @@ def hh_prepare(params: dict, out) -> dict:
     path, parts = checks.path(cfg, "private_path", "rlhf.data"), shares(cfg)
     checks.integer(cfg, "partition_seed", "rlhf.data")
     raw = read_pairs(path)
-    pairs, dropped = comparisons(raw)
+    pairs, counts = preference_parts(raw, int(cfg["partition_seed"]), parts)
     if pairs.empty:
         raise InputError(path, "no pair compares two answers to one prompt")
-    pairs["partition"] = pairs.id.map(lambda i: partition_of(i, int(cfg["partition_seed"]), parts))
     table = pa.Table.from_pandas(pairs[SCHEMA.names], schema=SCHEMA, preserve_index=False)
     report = quality.check(pairs, "rlhf/pairs", quality.table_rules(columns=SCHEMA.names, non_null=SCHEMA.names))
     out.write_parquet(table, OUT, SCHEMA, table_metadata(STAGE, P.params_hash(cfg), "private", source=str(path)))
     out.write_json(report, quality.report_path("rlhf/pairs"))
-    metrics = {"read": len(raw), **dropped, **{name: int((pairs.partition == name).sum()) for name in parts}}
+    metrics = {"read": len(raw), **counts}
     out.write_json(metrics, METRICS)
     log.info("private preference pairs: %s", metrics)
     return metrics

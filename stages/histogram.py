@@ -6,7 +6,8 @@ synthetic pool, so adding or removing one record changes exactly one count by 1 
 1). Independent Gaussian noise N(0, sigma^2) is added to every one of the K counts (empty
 clusters included) and negatives are clipped to 0 (post-processing). Only this noisy histogram
 leaves the stage (class dp); the exact counts exist only in memory. The noise comes from a
-secret-keyed stream bound to this run's params and inputs (replayable by the key's holder only) or,
+secret-keyed stream bound to this run's whole run key (params, inputs, code; replayable by the key's
+holder only; dpinstruct/privacy/run_key.py) or,
 with privacy.secure_mode, from the OS's CSPRNG (dpinstruct/privacy/randomness.py); never from a seed.
 A non-private run (privacy.epsilon: .inf) releases the exact counts and its ledger says so.
 When the train split names users, the unit is the user: each user's records share ONE vote
@@ -24,12 +25,13 @@ import pyarrow as pa
 from dpinstruct.embeddings import bucketing, embedding_io
 from dpinstruct.io import params as P
 from dpinstruct.io import quality
-from dpinstruct.io.artifacts import file_digest, read_metadata, read_table, table_metadata
+from dpinstruct.io.artifacts import read_metadata, read_table, table_metadata
 from dpinstruct.io.runner import run_stage
 from dpinstruct.privacy import accounting as acct
-from dpinstruct.privacy import ledger, user_level
+from dpinstruct.privacy import dp_count, ledger, user_level
 from dpinstruct.privacy.histogram import exact_counts, release
 from dpinstruct.privacy.randomness import DPRandom
+from dpinstruct.privacy.run_key import run_key
 
 log = logging.getLogger("stages.histogram")
 DATASET = "instructions"  # the private dataset this mechanism touches (ledger, composition)
@@ -40,6 +42,9 @@ BUCKETS = Path("data/clusters/buckets.parquet")
 NOISY = Path("data/histogram/noisy_histogram.parquet")
 SCHEMA = pa.schema([pa.field("cluster", pa.int32(), nullable=False), pa.field("noisy_count", pa.float64(), nullable=False)])
 METRICS = "metrics/histogram.json"
+COUNT = "instructions"  # the DP count of the same records (dp_count@instructions): the delta < 1/N~ refusal
+# Every file the stage reads: bound into its DP stream (a test checks dvc.yaml's deps agree).
+INPUTS = (TRAIN_EMBEDDINGS, TRAIN, BUCKETS, dp_count.entry_path(COUNT))
 
 
 def histogram(params: dict, out) -> dict:
@@ -47,14 +52,11 @@ def histogram(params: dict, out) -> dict:
     ids, private = embedding_io.read(TRAIN_EMBEDDINGS)
     users = pd.read_parquet(TRAIN, columns=["id", "user_id"]).set_index("id").user_id.reindex(ids)
     units = user_level.unit_index(users, ids) if user_level.has_users(users) else None
-    # Refuses unsafe settings before any counting; the same rule the generator's plan used.
-    n_units = len(private) if units is None else int(units.max()) + 1
-    sigma = acct.histogram_noise(params.get("privacy"), params.get(STAGE), n_units)
+    # Refuses unsafe settings before any counting; the same rule (on the DP count) the generator's plan used.
+    sigma = acct.histogram_noise(params.get("privacy"), params.get(STAGE), dp_count.read(COUNT)[0])
     buckets = bucketing.from_table(read_table(BUCKETS), read_metadata(BUCKETS)["buckets"])
     phash = P.params_hash(cfg, privacy)
-    binding = (phash, file_digest(TRAIN_EMBEDDINGS), file_digest(BUCKETS),
-               *(() if units is None else (file_digest(TRAIN),)))  # who is who changes the counts too
-    random = DPRandom.for_purpose(f"{STAGE}/noise", *binding, privacy=privacy)
+    random = DPRandom.for_purpose(f"{STAGE}/noise", *run_key(STAGE, (cfg, privacy), INPUTS), privacy=privacy)
     secure = not random.replayable
     labels, k = buckets.assign(private), len(buckets.centroids)
     exact = exact_counts(labels, k) if units is None else user_level.user_votes(labels, units, k)

@@ -4,10 +4,15 @@ DP-PPO parts.
 ``rl.data.private_path`` (the aclImdb train split) -> data/rl/sft.parquet (the SFT part: id, text,
 the first ``sft_tokens`` generator tokens of each review) and data/rl/prompts.parquet (every
 review's opening, the first ``prompt_tokens`` tokens as text and token ids, with its part; DP-PPO
-reads those of its own part), class private. A review goes to a part by a
-seeded hash of its id alone (``dpinstruct.rl.data.partition_of``), which is what lets the two DP
-stages compose in parallel. Reviews shorter than ``min_tokens`` tokens are dropped (a rule on each
-review alone too). Only counts are logged.
+reads those of its own part), class private, rows sorted by id.
+
+Every step is 1-stable (``dpinstruct.rl.data.private_parts``), so "add or remove one review of the
+raw file" is the neighbouring relation the ledger's epsilon covers: the checks and the cleaning
+read one row; a text that appears more than once is ONE review (set semantics on the cleaned
+text, represented by the smallest id of its copies, whatever the file order); reviews shorter than
+``min_tokens`` tokens are dropped; a review goes to a part by a seeded hash of its cleaned text
+alone (``review_part``), so copies can never land in both parts and the two DP stages compose in
+parallel. Only counts are logged (metrics/rl/prepare.json, private).
 """
 from __future__ import annotations
 
@@ -22,7 +27,7 @@ from dpinstruct.io.artifacts import table_metadata
 from dpinstruct.io.errors import ConfigError, InputError
 from dpinstruct.io.runner import run_stage
 from dpinstruct.models.loading import GENERATOR_DIR, load_tokenizer
-from dpinstruct.rl.data import PROMPT_SCHEMA, opening, partition_of, read_reviews
+from dpinstruct.rl.data import PROMPT_SCHEMA, private_parts, read_reviews
 
 log = logging.getLogger("stages.imdb_prepare")
 STAGE = "imdb_prepare"
@@ -52,18 +57,12 @@ def imdb_prepare(params: dict, out) -> dict:
         raise ConfigError("rl.data", f"need min_tokens >= prompt_tokens >= 1, got {cfg['min_tokens']}, "
                                      f"{cfg['prompt_tokens']}")
     tokenizer = load_tokenizer(GENERATOR_DIR)
-    reviews = read_reviews(path)
-    ids = tokenizer(reviews.text.tolist(), add_special_tokens=False)["input_ids"]
-    keep = [len(t) >= int(cfg["min_tokens"]) for t in ids]
-    reviews = reviews[keep].reset_index(drop=True)
-    ids = [t for t, k in zip(ids, keep) if k]
-    if reviews.empty:
+    sft_rows, prompt_rows, metrics = private_parts(
+        read_reviews(path), lambda texts: tokenizer(texts, add_special_tokens=False)["input_ids"], tokenizer.decode,
+        min_tokens=int(cfg["min_tokens"]), prompt_tokens=int(cfg["prompt_tokens"]), sft_tokens=int(cfg["sft_tokens"]),
+        seed=int(cfg["partition_seed"]), shares=parts)
+    if not prompt_rows:
         raise InputError(path, "no review left after the length filter")
-    part = reviews.id.map(lambda i: partition_of(i, int(cfg["partition_seed"]), parts))
-    sft_rows = [(r.id, tokenizer.decode(t[:int(cfg["sft_tokens"])]), min(len(t), int(cfg["sft_tokens"])))
-                for r, t, p in zip(reviews.itertuples(), ids, part) if p == "sft"]
-    prompt_rows = [(r.id, tokenizer.decode(opening(t, int(cfg["prompt_tokens"]))), opening(t, int(cfg["prompt_tokens"])),
-                    p) for r, t, p in zip(reviews.itertuples(), ids, part)]
     phash = P.params_hash(cfg, params["models"]["generator"])
     for rows, schema, target, name in ((sft_rows, SFT_SCHEMA, SFT, "sft"),
                                        (prompt_rows, PROMPTS_SCHEMA, PROMPTS, "prompts")):
@@ -72,8 +71,6 @@ def imdb_prepare(params: dict, out) -> dict:
                                                                                     non_null=schema.names))
         out.write_parquet(table, target, schema, table_metadata(STAGE, phash, "private", source=str(path)))
         out.write_json(report, quality.report_path(f"rl/{name}"))
-    metrics = {"read": len(keep), "too_short": int(len(keep) - sum(keep)),
-               **{name: int((part == name).sum()) for name in parts}}
     out.write_json(metrics, METRICS)
     log.info("private IMDb reviews: %s", metrics)
     return metrics

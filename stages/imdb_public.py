@@ -18,7 +18,8 @@ from dpinstruct.io.artifacts import table_metadata
 from dpinstruct.io.errors import ConfigError
 from dpinstruct.io.runner import run_stage
 from dpinstruct.models.loading import GENERATOR_DIR, load_tokenizer
-from dpinstruct.rl.data import PROMPT_SCHEMA, opening, partition_of, read_reviews
+from dpinstruct.rl.data import PROMPT_SCHEMA, opening, read_reviews
+from dpinstruct.text.splits import partition_of
 
 log = logging.getLogger("stages.imdb_public")
 STAGE = "imdb_public"

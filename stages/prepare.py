@@ -3,8 +3,12 @@
 ``data.private_path`` -> data/prepared/{train,val,test}.parquet, class private (cleaning rules in
 dpinstruct/text/cleaning.py). The public set has its own stage (`prepare_public`), so that no public artifact
 is ever produced by a stage that reads private data.
-The split is seeded and by user: rows sharing a ``user_id`` land in one split (a later issue adds
-user-level DP); rows without one are their own unit. Only counts are logged, never text.
+Every step is 1-stable (``dpinstruct.privacy``): adding or removing one unit of the raw file (a
+row, or a user with all their rows) changes the train split by that unit's rows alone. Rows are
+cleaned one by one or within their unit (dpinstruct/text/cleaning.py), and a unit goes to test, val
+or train by a seeded hash of its key alone (``prepare.test_share`` / ``val_share`` are expected
+shares, never counts; dpinstruct/text/splits.py): no permutation filling fixed sizes, no cap. Only
+counts are logged, never text.
 """
 from __future__ import annotations
 
@@ -16,6 +20,7 @@ from dpinstruct.io import config_checks as checks
 from dpinstruct.io import params as P
 from dpinstruct.io import quality
 from dpinstruct.io.artifacts import table_metadata
+from dpinstruct.io.errors import ConfigError
 from dpinstruct.io.runner import run_stage
 from dpinstruct.models.loading import GENERATOR_DIR, load_tokenizer
 from dpinstruct.text.cleaning import SCHEMA, clean, rules
@@ -31,9 +36,9 @@ def prepare(params: dict, out) -> dict:
     check_settings(data, cfg)
     tokenizer = load_tokenizer(GENERATOR_DIR)
     phash = P.params_hash(data["private_path"], cfg, params["models"]["generator"])
-    private, counts = clean(data["private_path"], tokenizer, cfg)
-    parts = split(private, seed=cfg["seed"], test_size=cfg["test_size"], val_size=cfg["val_size"],
-                  train_size=cfg.get("train_size"), path=data["private_path"])
+    private, counts = clean(data["private_path"], tokenizer, cfg, per_unit=True)
+    parts = split(private, seed=cfg["seed"], test_share=P.as_float(cfg["test_share"]),
+                  val_share=P.as_float(cfg["val_share"]), path=data["private_path"])
     for name, df in parts.items():
         report = quality.check(df, f"prepare/{name}", rules(df, cfg, {o: parts[o] for o in SPLITS if o != name}))
         out.write_parquet(pa.Table.from_pandas(df, preserve_index=False), OUT[name], SCHEMA,
@@ -50,9 +55,14 @@ def check_settings(data: dict, cfg: dict) -> None:
     checks.path(data, "private_path", "data")
     checks.cleaning(cfg, "prepare")
     checks.integer(cfg, "seed", "prepare")
-    checks.integer(cfg, "test_size", "prepare", minimum=1)
-    checks.integer(cfg, "val_size", "prepare", minimum=1)
-    checks.integer(cfg, "train_size", "prepare", minimum=1, nullable=True)
+    shares = [checks.number(cfg, key, "prepare") for key in ("test_share", "val_share")]
+    if min(shares) <= 0 or sum(shares) >= 1:
+        raise ConfigError("prepare", f"test_share and val_share must be > 0 with a sum below 1 (the rest is "
+                                     f"train), got {shares}")
+    for key in ("test_size", "val_size", "train_size"):  # counts would need N and made the split unstable
+        if key in cfg:
+            raise ConfigError(f"prepare.{key}", "is no longer a param: splits take expected shares "
+                                                "(prepare.test_share, prepare.val_share), never counts")
 
 
 def main() -> None:

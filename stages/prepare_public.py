@@ -34,7 +34,7 @@ def prepare_public(params: dict, out) -> dict:
     checks.integer(cfg, "size", STAGE, minimum=1, nullable=True)
     checks.integer(cfg, "seed", STAGE)
     tokenizer = load_tokenizer(GENERATOR_DIR)
-    public, counts = clean(path, tokenizer, filters)
+    public, counts = clean(path, tokenizer, filters, per_unit=False)
     if cfg.get("size"):  # a seeded sample: the public set only serves as a baseline and for evaluation
         public = public.sample(n=min(int(cfg["size"]), len(public)), random_state=int(cfg["seed"])).sort_index()
     report = quality.check(public, f"{STAGE}/public", rules(public, filters))

@@ -42,7 +42,8 @@ def reward_models(params: dict, out) -> None:
         torch.manual_seed(int(cfg["seed"]))
         head = bt.BradleyTerryHead(pair_deltas.shape[1])
         dp = DPAdam(head, lr=P.as_float(cfg["lr"]), noise_multiplier=0.0, clip_norm=math.inf,
-                    expected_batch_size=P.as_float(cfg["expected_batch_size"]), noise=stream)
+                    # exact q x N: a private, evaluation-only model (never published)
+                    expected_batch_size=P.as_float(cfg["sampling_rate"]) * len(pair_deltas), noise=stream)
         bt.train_head(dp, pair_deltas, stream, P.as_float(cfg["sampling_rate"]),
                       tqdm(range(int(cfg["steps"])), desc=f"{name} reward model steps", unit="step"))
         PreferenceReward(Backbone.from_params(params), bt.head_weight(head)).save(

@@ -8,7 +8,8 @@ The privacy unit is the record, or the user when the train split has ``user_id``
 Output: the peft adapter (data/adapters/generator, class dp), the ledger entry
 metrics/privacy/train_generator.json and DVCLive curves (loss, epsilon spent). Checkpoints in
 data/checkpoints/train_generator let a killed run resume bit-identically. Poisson sampling and the
-noise come from secret-keyed streams bound to this run's params and data (dpinstruct/privacy/randomness.py);
+noise come from secret-keyed streams bound to this run's whole run key: params, the train split, the
+base weights, the DP count and the code (dpinstruct/privacy/run_key.py, randomness.py);
 ``train_generator.seed`` drives only the LoRA initialisation. The loop itself is
 dpinstruct/models/dp_generator.py.
 """
@@ -20,13 +21,13 @@ from pathlib import Path
 import pandas as pd
 
 from dpinstruct.io import params as P
-from dpinstruct.io.artifacts import file_digest
 from dpinstruct.io.runner import run_stage
 from dpinstruct.models import dp_generator
 from dpinstruct.models.loading import GENERATOR_DIR
 from dpinstruct.models.lora import save_adapter
 from dpinstruct.privacy import accounting as acct
-from dpinstruct.privacy import dp_adam, ledger, user_level
+from dpinstruct.privacy import dp_count, ledger, user_level
+from dpinstruct.privacy.run_key import run_key
 
 log = logging.getLogger("stages.train_generator")
 TRAIN = Path("data/prepared/train.parquet")
@@ -34,6 +35,9 @@ ADAPTER_DIR = Path("data/adapters/generator")
 CHECKPOINT_DIR = Path("data/checkpoints/train_generator")
 LIVE_DIR = Path("dvclive/train_generator")
 DATASET = "instructions"  # the private dataset this mechanism touches (ledger, composition)
+COUNT = "instructions"    # its DP count (stage dp_count@instructions)
+# Every file or folder the stage reads: bound into its DP streams (a test checks dvc.yaml's deps agree).
+INPUTS = (TRAIN, GENERATOR_DIR, dp_count.entry_path(COUNT))
 STAGE = dp_generator.STAGE
 
 
@@ -41,14 +45,13 @@ def train(params: dict, out) -> dict:
     train_split = pd.read_parquet(TRAIN, columns=["id", "instruction", "user_id"])
     units = (user_level.unit_index(train_split.user_id, train_split.id)
              if user_level.has_users(train_split.user_id) else None)
-    # The user-level section binds the streams only when it is used, so record-level runs keep their draws.
-    phash = P.params_hash(params[STAGE], params.get("privacy"), params.get("histogram"),
-                          *(() if units is None else (params.get("user_level"),)))
+    phash = P.params_hash(params[STAGE], params.get("privacy"), params.get("histogram"), params.get("user_level"))
+    noisy_count, count_component, _ = dp_count.read(COUNT)
     fitted = dp_generator.fit(
-        params, train_split.instruction.tolist(), units=units, binding=(phash, file_digest(TRAIN)),
-        run_key_parts=(phash, file_digest(TRAIN), file_digest(GENERATOR_DIR / "model.safetensors"),
-                       file_digest(__file__), file_digest(dp_adam.__file__)),
-        checkpoint_dir=CHECKPOINT_DIR, live_dir=LIVE_DIR)
+        params, train_split.instruction.tolist(), units=units, noisy_count=noisy_count,
+        count_component=count_component,
+        run_key=run_key(STAGE, (params[STAGE], params.get("privacy"), params.get("histogram"), params.get("user_level")),
+                        INPUTS), checkpoint_dir=CHECKPOINT_DIR, live_dir=LIVE_DIR)
     p = fitted.plan
     save_adapter(fitted.model, out.path(ADAPTER_DIR))
     event = acct.dp_sgd_event(p.noise_multiplier, p.sampling_rate, p.steps)

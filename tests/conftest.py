@@ -17,6 +17,36 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ["DPINSTRUCT_KEY_FILE"] = os.path.join(tempfile.mkdtemp(prefix="dpinstruct-test-key-"), "secret.key")
 
 
+SHIPPED_PRIVATE = REPO / "data/raw/chatbot_arena/instructions.jsonl"
+TINY_PRIVATE = "data/private/tiny.jsonl"  # relative to a scratch project's root
+
+
+def use_private_rows(root: Path, params: dict, n: int, *, test_share: float = 0.15, val_share: float = 0.15) -> Path:
+    """Write the first ``n`` rows of the shipped private file to ``root``/data/private/tiny.jsonl and
+    point ``params`` at it, with shares that leave most rows to train. Rows are hashed into splits
+    (``dpinstruct.text.splits``), so train holds about (1 - test_share - val_share) x n of the rows
+    that survive cleaning, never an exact count."""
+    path = Path(root) / TINY_PRIVATE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(SHIPPED_PRIVATE, encoding="utf-8") as f:
+        lines = [line for _, line in zip(range(n), f)]
+    assert len(lines) == n, f"the shipped private file has fewer than {n} rows"
+    path.write_text("".join(lines), encoding="utf-8")
+    params["data"]["private_path"] = TINY_PRIVATE
+    params["prepare"].update(test_share=test_share, val_share=val_share)
+    return path
+
+
+def run_dp_count(name: str, params: dict) -> dict:
+    """The real stage `dp_count@<name>` in the current directory: the ledger entry with the DP count
+    N~ that every DP-SGD stage and the histogram read (``dpinstruct.privacy.dp_count.read``)."""
+    from dpinstruct.io.artifacts import Outputs
+    from stages.dp_count import count
+
+    with Outputs() as out:
+        return count(name, params, out)
+
+
 @pytest.fixture(scope="session")
 def repo_params() -> dict:
     return yaml.safe_load((REPO / "params.yaml").read_text())
@@ -61,6 +91,17 @@ def project(tmp_path, monkeypatch, generator_dir, repo_params):
 
         def save(self):
             (tmp_path / "params.yaml").write_text(yaml.safe_dump(self.params))
+
+        def use_private_rows(self, n: int, *, test_share: float = 0.15, val_share: float = 0.15) -> Path:
+            """The first n shipped private rows as this project's private file (``use_private_rows``)."""
+            path = use_private_rows(tmp_path, self.params, n, test_share=test_share, val_share=val_share)
+            self.save()
+            return path
+
+        def dp_count(self, name: str = "instructions") -> dict:
+            """Run `dp_count@<name>` on this project's current data and params (``run_dp_count``)."""
+            self.save()
+            return run_dp_count(name, self.params)
 
         def files(self, under: str) -> list[str]:
             base = tmp_path / under

@@ -120,8 +120,33 @@ def test_embed_sets_and_expected_ledger_entries_match_dvc_yaml():
     from stages import annotate
 
     assert {k: v["input"] for k, v in RAW["annotate"]["foreach"].items()} == annotate.SETS
-    mechanisms = {name for name, stage in DVC.items() if stage.get("meta", {}).get("dp_mechanism")}
+    mechanisms = {f"{name}@{item}" if "foreach" in RAW[name] else name
+                  for name, stage in DVC.items() if stage.get("meta", {}).get("dp_mechanism")
+                  for item in RAW[name].get("foreach", [None])}
     assert mechanisms == {stage for stages in account.EXPECTED.values() for stage in stages}
+    from stages import dp_count
+
+    assert {k: v["input"] for k, v in RAW["dp_count"]["foreach"].items()} == \
+        {k: c.input.as_posix() for k, c in dp_count.COUNTED.items()}
+
+
+def _data_deps(stage: dict) -> set[str]:
+    return {d for d in stage["deps"] if not d.startswith(("stages/", "dpinstruct/"))}
+
+
+def test_every_dp_stage_binds_its_streams_to_every_input_dvc_yaml_declares(repo_params):
+    """A DP stream bound to less than the stage reads would replay the same noise under another
+    base model, adapter or reward model (issue: noise shared between two runs): the inputs each
+    mechanism passes to its run key are exactly its non-code deps in dvc.yaml."""
+    from stages import dp_ppo, dp_reward_model, dp_sft, histogram, train_generator
+
+    bound = {"train_generator": train_generator.INPUTS, "histogram": histogram.INPUTS, "dp_sft": dp_sft.INPUTS,
+             "dp_reward_model": dp_reward_model.INPUTS, "dp_ppo": dp_ppo.inputs(repo_params["rl"]["dp_ppo"])}
+    mechanisms = {n for n, s in DVC.items() if s.get("meta", {}).get("dp_mechanism")} - {"dp_count"}
+    assert set(bound) == mechanisms
+    for name, inputs in bound.items():
+        assert {str(p) for p in inputs} == _data_deps(DVC[name]), name
+    assert _data_deps(DVC["dp_count"]) == {"${item.input}"}
 
 
 def test_no_stage_switches_off_the_run_cache():

@@ -3,7 +3,8 @@
 Shared by the stage `train_generator` and the privacy audit (``dpinstruct.privacy.audit``), which
 trains the same way on the train split plus canaries. The privacy unit is the record, or the user
 when ``units`` is given (``dpinstruct.privacy.user_level``). The plan (q, T, sigma) comes from
-params alone; the number of units serves only the delta < 1/N refusal. The loss is
+params alone; the DP count of the units (``dpinstruct.privacy.dp_count``) gives the divisor q x N~ and
+serves the delta < 1/N~ refusal. The loss is
 ``instruction_loss`` (the fused head, and the backward pass stopping at the first adapted block).
 """
 from __future__ import annotations
@@ -30,12 +31,15 @@ log = logging.getLogger(__name__)
 STAGE = "train_generator"
 
 
-def plan(params: dict, n_units: int) -> acct.GeneratorPlan:
+def plan(params: dict, noisy_count: float, count_component: acct.Component) -> acct.GeneratorPlan:
+    """The plan of Algorithm 1; its prior is the histogram of Algorithm 2 and the DP count, the other
+    mechanisms on the same records."""
     cfg = params[STAGE]
-    return acct.plan_generator(params.get("privacy"), params.get("histogram"), n_records=n_units,
+    hist_sigma = acct.histogram_noise(params.get("privacy"), params.get("histogram"), noisy_count)
+    return acct.plan_generator(params.get("privacy"), params.get("histogram"), noisy_count=noisy_count,
+                               prior=[(hist_sigma, 1.0, 1), count_component],
                                sampling_rate=P.as_float(cfg["sampling_rate"]), epochs=P.as_float(cfg["epochs"]),
-                               clip_norm=P.as_float(cfg["clip_norm"]),
-                               expected_batch_size=P.as_float(cfg["expected_batch_size"]))
+                               clip_norm=P.as_float(cfg["clip_norm"]))
 
 
 @dataclass
@@ -48,19 +52,20 @@ class Fitted:
     neighbouring: str
 
 
-def fit(params: dict, instructions: list[str], *, units: np.ndarray | None, binding: tuple, run_key_parts: tuple,
-        checkpoint_dir: Path | str, live_dir: Path | str, desc: str = "DP-Adam steps") -> Fitted:
+def fit(params: dict, instructions: list[str], *, units: np.ndarray | None, noisy_count: float,
+        count_component: acct.Component, run_key: tuple, checkpoint_dir: Path | str, live_dir: Path | str,
+        desc: str = "DP-Adam steps") -> Fitted:
     """Train the adapter; ``units`` (one int per instruction, or None for record-level DP) names
-    each instruction's user. ``binding`` ties the DP streams to this run's params and data."""
+    each instruction's user. ``noisy_count`` and ``count_component``: the DP count of the units and
+    its component (sigma, 1, 1) in the composition. ``run_key`` (``dpinstruct.privacy.run_key``) binds the DP streams to the run."""
     cfg = params[STAGE]
     n_units = len(instructions) if units is None else int(units.max()) + 1
-    p = plan(params, n_units)  # refuses unsafe configs before any model work
+    p = plan(params, noisy_count, count_component)  # refuses unsafe configs before any model work
     bf16 = bf16_enabled(cfg["bf16"])
     log.info("plan: q=%.4g T=%d sigma=%.4f C=%s -> composed epsilon %.3f (PLD), %.3f (PRV) at delta %g",
              p.sampling_rate, p.steps, p.noise_multiplier, p.clip_norm, p.composed_epsilon, p.composed_epsilon_prv,
              p.delta)
-    loop = DPLoop(STAGE, privacy=params.get("privacy"), binding=binding,
-                  run_key_parts=(*run_key_parts, p.as_dict()),
+    loop = DPLoop(STAGE, privacy=params.get("privacy"), run_key=(*run_key, P.params_hash(p.as_dict())),
                   steps=p.steps, noise_multiplier=p.noise_multiplier, sampling_rate=p.sampling_rate, delta=p.delta,
                   checkpoint_dir=checkpoint_dir, live_dir=live_dir, checkpoint_every=cfg["checkpoint_every"])
     torch.manual_seed(cfg["seed"])  # LoRA init only: public, and no DP proof relies on it
@@ -87,10 +92,6 @@ def fit(params: dict, instructions: list[str], *, units: np.ndarray | None, bind
                      for b in user_level.micro_batches_by_unit(idx, kept_units, lengths, cfg["micro_batch_tokens"])]
         result = dp.step(micro, loss_fn=loss_fn)
         loop.metrics.update(loss=result.loss, batch_size=result.batch_size)
-    realised = p.sampling_rate * n_units
-    if not 0.5 <= realised / p.expected_batch_size <= 2:
-        log.warning("train_generator.expected_batch_size=%g is far from the realised mean batch q x N: it only "
-                    "scales the update, but set it near q x N", p.expected_batch_size)
     return Fitted(model, tokenizer, p, loop.noise.replayable, skipped,
                   acct.NEIGHBOURING if units is None else user_level.NEIGHBOURING)
 

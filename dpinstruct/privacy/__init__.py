@@ -1,9 +1,39 @@
 """Privacy: the semantics every DP stage of the pipeline follows, stated once here.
 
-Neighbouring relation: add or remove ONE record, a record being one private train instruction
-(record-level DP). Under it the number of records N is itself private (sensitivity 1): sampling
-rates, step counts and noise multipliers come from params.yaml, never from N, and no ledger entry or
-dp artifact states N.
+Threat model: published are the export bundle (``dpinstruct export``, ``bundle``) and every
+dp-class output; the attacker is assumed to hold all of it, plus params.yaml and the code. The git
+repository (including dvc.lock and the private-class metrics) and the DVC remote hold private
+information: they stay with the data owner. Even there, raw private inputs go to DVC (cache and
+remote), never into git history (``lineage`` refuses a private input that git tracks), and the
+secret key behind the DP randomness goes into neither (``randomness``). Every guarantee below is
+against this attacker.
+
+Neighbouring relation: add or remove ONE unit of the RAW private file (``data.private_path``), a
+unit being one instruction (record-level DP) or, when the file names users, one user with all
+their instructions (user-level). The guarantee is about that file, not about a split: every private
+preprocessing step is 1-stable (for any file D and unit x, the input of each mechanism for D+x
+differs from that for D by x's own rows only), so neighbouring files give neighbouring mechanism
+inputs. Step by step (property-tested in tests/text/test_stability.py and tests/rl/test_stability.py,
+end to end on D vs D+x in tests/stages/test_prepare.py):
+
+* reading, normalising, the empty and length filters, the generator's max_seq_len skip: a rule on
+  each row alone;
+* exact dedup: within a unit only; a row without a user is the unit of its (normalised) text, so
+  across such rows dedup is a set operation (a copy adds nothing; the row kept, the smallest id,
+  does not depend on file order); the paper's cross-row word n-gram dedup is not stable (one row
+  can remove many) and runs within a user's rows only (prepare_public, on public data, keeps it);
+* the test / val / train split: a seeded hash of the unit's key (its user id, else its text) against
+  expected shares (``dpinstruct.text.splits``); no permutation filling fixed sizes, no cap;
+* IMDb: copies of a review merged (set semantics on the cleaned text), the parts by a seeded hash of
+  that text; HH-RLHF: copies of a comparison merged, the parts by a hash of its id (itself a hash
+  of the two texts) (``dpinstruct.rl.data``, ``dpinstruct.rl.preferences``).
+
+Under add/remove-one the number of units N is itself private (sensitivity 1): sampling rates, step
+counts and noise multipliers come from params.yaml, never from N. Where a stage needs a size (the
+divisor of the noisy gradient sum, the delta < 1/N refusal) it uses a DP count N~ (``dp_count``:
+Gaussian, sensitivity 1, its own ledger entry composed with its dataset). No published number is a
+function of an exact private count: no ledger entry or dp artifact states N, and no ratio of
+published numbers gives it (tests/privacy/test_release_attack.py computes them as an attacker would).
 
 Mechanisms and their sensitivities:
 
@@ -26,6 +56,9 @@ Mechanisms and their sensitivities:
 * DP-PPO (Wu et al., ``dpinstruct.rl.ppo``): the unit is one prompt; the gradient of all its
   rollouts' losses is averaged into one (``dp_adam.group_by_unit``) and clipped to C, so adding or
   removing a prompt moves the sum by at most C; otherwise as DP-Adam.
+* DP count (``dp_count``): N + N(0, sigma_c^2), sensitivity 1. Event: Gaussian(sigma_c). It only
+  scales the DP-SGD updates and feeds the delta check; it never chooses q, T or sigma (that would be
+  a fully adaptive composition, which the PLD bound does not cover).
 
 Composition: every ledger entry names its private ``dataset`` and the ``partition`` it reads
 (``composition``): mechanisms on the same records compose sequentially (``accounting``, PLD with an
@@ -40,7 +73,14 @@ Evidence beside the proofs: ``audit`` (the one-run lower bound of Steinke et al.
 ``dpinstruct audit`` on canaries, ``dpinstruct.canary_audit``) and the memorisation gate (stage
 ``memorisation``).
 
-Randomness: every DP random number (sampling and noise) comes from ``randomness``, a secret key's
-keyed streams or the OS's CSPRNG; never from a seed an attacker can read. The ledger (``ledger``)
-records each mechanism's event, rounded up, for ``account`` to compose.
+Randomness: every DP random number (sampling, noise, DP-PPO's rollouts) comes from ``randomness``,
+a secret key's keyed streams or the OS's CSPRNG; never from a seed an attacker can read. ONE
+setting (``privacy.key_file`` / ``privacy.secure_mode``) reaches every DP stage of every dataset,
+and ``account`` refuses a ledger that mixes modes. Each stream is bound to its run's whole run key
+(``run_key``: the params, the digest of every input the stage reads, the code), so two runs share
+noise only when they are the same run. The ledger (``ledger``) records each mechanism's event,
+rounded up, for ``account`` to compose.
+
+Hyperparameters: the defaults of the DP stages are chosen on public proxies (``dpinstruct tune``;
+README), so their selection costs no privacy.
 """

@@ -112,11 +112,14 @@ def epsilon_prv(components: list[tuple[float, float, int]], delta: float) -> flo
     return _ANSWERS[key]
 
 
-def check_delta(delta: float, n_records: int, name: str = "privacy.delta") -> None:
+def check_delta(delta: float, n_records: float, name: str = "privacy.delta") -> None:
+    """Refuses delta >= 1/N; N is the DP count N~ (``dp_count``), so that no decision of the
+    pipeline, a refusal included, depends on an exact private count."""
+    n_records = max(float(n_records), 1.0)
     if not 0 < delta < 1 / n_records:
         raise PrivacyConfigError(
-            f"{name}={delta} must be in (0, 1/N) = (0, {1 / n_records:.3g}) for N={n_records} records: "
-            "a delta of 1/N or more allows releasing one record in the clear")
+            f"{name}={delta} must be in (0, 1/N) = (0, {1 / n_records:.3g}) for the DP count N~={n_records:.1f} of "
+            "the records: a delta of 1/N or more allows releasing one record in the clear")
 
 
 def round_up(epsilon: float, places: int = 9) -> float:
@@ -222,7 +225,7 @@ class GeneratorPlan:
     clip_norm: float
     sampling_rate: float
     steps: int
-    expected_batch_size: float
+    expected_batch_size: float    # the divisor q x N~ (N~: the DP count), public
     delta: float
     target_epsilon: float
     histogram_sigma: float
@@ -243,8 +246,8 @@ def required_params(privacy: dict | None, histogram: dict | None) -> tuple[float
     return as_float(privacy["epsilon"]), as_float(privacy["delta"]), as_float(histogram["sigma"])
 
 
-def histogram_noise(privacy: dict | None, histogram: dict | None, n_records: int) -> float:
-    """Noise std of the DP histogram: histogram.sigma in a private run (refusing delta >= 1/N and
+def histogram_noise(privacy: dict | None, histogram: dict | None, n_records: float) -> float:
+    """Noise std of the DP histogram: histogram.sigma in a private run (refusing delta >= 1/N~ and
     sigma <= 0), 0 in a non-private one (privacy.epsilon: .inf)."""
     epsilon, delta, sigma = required_params(privacy, histogram)
     if math.isinf(epsilon):
@@ -255,32 +258,38 @@ def histogram_noise(privacy: dict | None, histogram: dict | None, n_records: int
     return sigma
 
 
-def plan_generator(privacy: dict, histogram: dict, *, n_records: int, sampling_rate: float, epochs: float,
-                   clip_norm: float, expected_batch_size: float) -> GeneratorPlan:
+def divisor(sampling_rate: float, noisy_count: float) -> float:
+    """The public divisor of a step's noisy gradient sum: q x N~, the expected batch by the DP count
+    N~ of the records (``dp_count``), never by N itself (a ratio of published numbers would give N)."""
+    return sampling_rate * max(float(noisy_count), 1.0)
+
+
+def plan_generator(privacy: dict, histogram: dict, *, noisy_count: float, prior: list[Component],
+                   sampling_rate: float, epochs: float, clip_norm: float) -> GeneratorPlan:
     """Budget first: calibrate the generator's noise so the COMPOSED release epsilon meets the target.
 
-    q (`sampling_rate`), T = round(epochs / q) and sigma depend on params only, never on N, so the
-    ledger (class dp) does not publish N; `n_records` serves only the delta < 1/N refusal.
-    Refuses (PrivacyConfigError) a missing privacy param, delta >= 1/N, q outside (0, 1], a
-    non-positive expected batch size, a histogram without noise in a private run, and a budget that
-    no noise level can meet.
+    q (`sampling_rate`), T = round(epochs / q) and sigma depend on params only (fixed before any
+    private data is read, so the composition is non-adaptive), never on N. ``noisy_count`` is the
+    DP count of the records (its ledger entry is in ``prior`` with the histogram's): it sets the
+    divisor q x N~ and serves the delta < 1/N refusal. Refuses (PrivacyConfigError) a missing privacy
+    param, delta >= 1/N~, q outside (0, 1], a histogram without noise in a private run, and a budget
+    that no noise level can meet.
     """
     epsilon, delta, _ = required_params(privacy, histogram)
     if not 0 < sampling_rate <= 1:
         raise PrivacyConfigError(f"train_generator.sampling_rate={sampling_rate} must be in (0, 1]")
-    if not expected_batch_size > 0:
-        raise PrivacyConfigError(f"train_generator.expected_batch_size={expected_batch_size} must be > 0")
     if epochs <= 0 or epsilon <= 0:
         raise PrivacyConfigError(f"epochs ({epochs}) and privacy.epsilon ({epsilon}) must be positive")
     q, steps = sampling_rate, max(1, round(epochs / sampling_rate))
+    batch = divisor(q, noisy_count)
     if math.isinf(epsilon):
-        return GeneratorPlan(False, 0.0, math.inf, q, steps, expected_batch_size, delta, epsilon, 0.0, math.inf,
-                             math.inf)
-    hist_sigma = histogram_noise(privacy, histogram, n_records)
+        return GeneratorPlan(False, 0.0, math.inf, q, steps, batch, delta, epsilon, 0.0, math.inf, math.inf)
+    hist_sigma = histogram_noise(privacy, histogram, noisy_count)
     sigma, composed, composed_prv = calibrate_noise_multiplier(
-        epsilon, delta, q, steps, [(hist_sigma, 1.0, 1)],
-        prior_label=f"the histogram (histogram.sigma={hist_sigma})", hint="; raise histogram.sigma or privacy.epsilon")
-    return GeneratorPlan(True, sigma, clip_norm, q, steps, expected_batch_size, delta, epsilon, hist_sigma,
+        epsilon, delta, q, steps, list(prior),
+        prior_label=f"the histogram (histogram.sigma={hist_sigma}) and the DP count", hint="; raise histogram.sigma, "
+        "dp_count.sigma or privacy.epsilon")
+    return GeneratorPlan(True, sigma, clip_norm, q, steps, batch, delta, epsilon, hist_sigma,
                          round_up(composed), round_up(composed_prv))
 
 
@@ -313,14 +322,14 @@ class DPSGDPlan:
         return asdict(self)
 
 
-def plan_dp_sgd(budget: dict | None, *, budget_name: str, n_records: int, sampling_rate: float, steps: int,
-                clip_norm: float, expected_batch_size: float, epochs_per_batch: int = 1,
-                prior: list[Component] = (), prior_label: str = "the mechanisms before it on these records"
-                ) -> DPSGDPlan:
+def plan_dp_sgd(budget: dict | None, *, budget_name: str, noisy_count: float, sampling_rate: float, steps: int,
+                clip_norm: float, epochs_per_batch: int = 1, prior: list[Component] = (),
+                prior_label: str = "the mechanisms before it on these records") -> DPSGDPlan:
     """Budget first for a DP-SGD stage: calibrate its noise so that it and the ``prior``
-    components on the same records (empty for a disjoint partition) meet ``budget`` (epsilon,
-    delta) by both accountants. Refuses a missing budget param, delta >= 1/N, q outside (0, 1],
-    non-positive steps, batch or epochs, and a budget the prior alone spends."""
+    components on the same records (its DP count, and e.g. DP-SFT when DP-PPO reads the same part)
+    meet ``budget`` (epsilon, delta) by both accountants. ``noisy_count`` (the DP count N~) gives
+    the divisor q x N~ and the delta < 1/N~ refusal. Refuses a missing budget param, delta >= 1/N~,
+    q outside (0, 1], non-positive steps or epochs, and a budget the prior alone spends."""
     from dpinstruct.io.params import as_float
 
     for key in ("epsilon", "delta"):
@@ -329,14 +338,15 @@ def plan_dp_sgd(budget: dict | None, *, budget_name: str, n_records: int, sampli
     epsilon, delta = as_float(budget["epsilon"]), as_float(budget["delta"])
     if not 0 < sampling_rate <= 1:
         raise PrivacyConfigError(f"sampling_rate={sampling_rate} must be in (0, 1]")
-    if steps < 1 or epochs_per_batch < 1 or not expected_batch_size > 0 or epsilon <= 0:
-        raise PrivacyConfigError(f"steps ({steps}), epochs_per_batch ({epochs_per_batch}), expected_batch_size "
-                                 f"({expected_batch_size}) and {budget_name}.epsilon ({epsilon}) must be positive")
+    if steps < 1 or epochs_per_batch < 1 or epsilon <= 0:
+        raise PrivacyConfigError(f"steps ({steps}), epochs_per_batch ({epochs_per_batch}) and {budget_name}.epsilon "
+                                 f"({epsilon}) must be positive")
+    batch = divisor(sampling_rate, noisy_count)
     if math.isinf(epsilon):
-        return DPSGDPlan(False, 0.0, math.inf, sampling_rate, steps, epochs_per_batch, expected_batch_size, delta,
+        return DPSGDPlan(False, 0.0, math.inf, sampling_rate, steps, epochs_per_batch, batch, delta,
                          epsilon, math.inf, math.inf)
-    check_delta(delta, n_records, f"{budget_name}.delta")
+    check_delta(delta, noisy_count, f"{budget_name}.delta")
     effective, composed, composed_prv = calibrate_noise_multiplier(
         epsilon, delta, sampling_rate, steps, list(prior), prior_label=prior_label, target_name=f"{budget_name}.epsilon")
     return DPSGDPlan(True, effective * math.sqrt(epochs_per_batch), clip_norm, sampling_rate, steps, epochs_per_batch,
-                     expected_batch_size, delta, epsilon, round_up(composed), round_up(composed_prv))
+                     batch, delta, epsilon, round_up(composed), round_up(composed_prv))

@@ -7,7 +7,8 @@ Every entry names the private ``dataset`` it touches (``instructions``, ``imdb``
   mechanisms read the same records.
 * Across disjoint partitions of one dataset, they compose in parallel: (max epsilon, delta). This
   holds because the partition rule assigns a record by looking at that record alone (a seeded hash
-  of its id, ``dpinstruct.rl.data.partition_of``): a neighbouring dataset differs in one record,
+  of its content or id, ``dpinstruct.text.splits.partition_of``, after a dedup that keeps copies of
+  one record together): a neighbouring dataset differs in one record,
   which lies in exactly one partition, so only that partition's mechanisms see a difference. It
   holds adaptively too: a mechanism on one partition that starts from another's DP output (DP-PPO
   from the DP-SFT adapter) treats that output as fixed public input, which is post-processing for a

@@ -1,8 +1,8 @@
 """The frame of a DP training stage: secret-keyed streams, resumable steps, epsilon as it is spent.
 
 ``DPLoop`` gives a stage the two DP random streams it draws from (Poisson sampling and noise,
-bound to the stage's params hash and the digests of its private inputs; ``randomness``), the run
-key that decides whether a checkpoint may be resumed, and an iterator over the remaining steps that
+bound to the stage's whole run key: params, every input's digest and the code; ``run_key``,
+``randomness``), the key that decides whether a checkpoint may be resumed, and an iterator over the remaining steps that
 logs each step's metrics and the epsilon spent so far to DVCLive and saves a checkpoint every
 ``checkpoint_every`` steps. A killed stage therefore resumes bit for bit: no step is ever re-drawn
 with fresh noise. The body of a step is the stage's own (a batch of examples, or PPO rollouts).
@@ -16,35 +16,26 @@ from pathlib import Path
 from tqdm import tqdm
 
 from dpinstruct.io import checkpoint
-from dpinstruct.io.artifacts import file_digest
 from dpinstruct.io.params import params_hash
-from dpinstruct.layout import imported_files
 from dpinstruct.privacy import accounting as acct
 from dpinstruct.privacy.randomness import DPRandom
 
 log = logging.getLogger(__name__)
 EPSILON_POINTS = 20
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def code_digest(stage: str) -> str:
-    """One digest of every project file the stage's module runs (its import closure, the same set
-    its dvc.yaml deps must cover): a checkpoint made by other code is never resumed, since a run
-    continued under changed code would match neither version."""
-    module = ROOT / "stages" / f"{stage}.py"
-    if not module.exists():
-        raise FileNotFoundError(f"DPLoop needs the stage module {module} to key its checkpoints")
-    return params_hash(*(f"{f.as_posix()}:{file_digest(ROOT / f)}" for f in sorted(imported_files(ROOT, module))))
 
 
 class DPLoop:
-    def __init__(self, stage: str, *, privacy: dict | None, binding: tuple, run_key_parts: tuple, steps: int,
+    def __init__(self, stage: str, *, privacy: dict | None, run_key: tuple, steps: int,
                  noise_multiplier: float, sampling_rate: float, delta: float, checkpoint_dir: Path | str,
                  live_dir: Path | str, checkpoint_every: int):
-        self.sampler = DPRandom.for_purpose(f"{stage}/poisson", *binding, privacy=privacy)
-        self.noise = DPRandom.for_purpose(f"{stage}/noise", *binding, privacy=privacy)
+        """``run_key``: ``dpinstruct.privacy.run_key.run_key(...)`` of this run (params, every input's
+        digest, the code), to which both streams are bound; ``privacy`` the randomness setting
+        (params' ``privacy`` section: ``key_file`` / ``secure_mode``), the same for every DP stage."""
+        self.sampler = DPRandom.for_purpose(f"{stage}/poisson", *run_key, privacy=privacy)
+        self.noise = DPRandom.for_purpose(f"{stage}/noise", *run_key, privacy=privacy)
         # A checkpoint is resumed only by the very same run: params, plan, data, weights, code and key.
-        self.run_key = params_hash(*run_key_parts, code_digest(stage), self.sampler.resume_tag(), self.noise.resume_tag())
+        self.run_key = params_hash(*run_key, steps, noise_multiplier, sampling_rate, self.sampler.resume_tag(),
+                                   self.noise.resume_tag())
         self.steps, self.noise_multiplier, self.sampling_rate, self.delta = steps, noise_multiplier, sampling_rate, delta
         self.checkpoint_dir, self.live_dir, self.checkpoint_every = Path(checkpoint_dir), str(live_dir), checkpoint_every
         self.metrics: dict = {}

@@ -5,7 +5,7 @@ sampling rate, steps actually taken, sensitivity (noise std = noise_multiplier x
 neighbouring relation, delta, and the dp_accounting event itself, serialised with
 ``DpEvent.to_named_tuple`` so that ``event_from_json(entry["dp_event"])`` rebuilds it exactly.
 Entries are class dp and may be published: they never state the number of private records
-(``dataset_size`` says so), and their epsilons are rounded up at 1e-9, so that ledgers computed
+(``dataset_size`` says so; only a ``gaussian_count`` entry states a DP count N~), and their epsilons are rounded up at 1e-9, so that ledgers computed
 on different CPUs (whose float sums may differ in the last bits) agree. ``fingerprint`` names the
 machine that ran the mechanism (dpinstruct/io/fingerprint.py).
 """
@@ -22,7 +22,8 @@ from dpinstruct.io.fingerprint import fingerprint
 from dpinstruct.privacy.accounting import NEIGHBOURING, epsilon_pld, epsilon_prv, round_up
 
 LEDGER_DIR = Path("metrics/privacy")
-DATASET_SIZE = "not published: q, T and sigma come from params.yaml, independent of N"
+DATASET_SIZE = ("not published: q, T and sigma come from params.yaml; where a size is needed, the DP count N~ "
+                "of the dp_count entry of this dataset and partition stands in for N")
 
 
 def event_to_json(event: dp_accounting.DpEvent) -> dict:

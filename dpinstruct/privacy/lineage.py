@@ -31,6 +31,10 @@ Rules:
     escape both DVC and this check; and every project file the stage imports, transitively, is
     covered by a dep (``dpinstruct.layout``), or `dvc repro` would not re-run it on a change;
   * Parquet outputs present on disk carry their stage's class;
+  * no ``private_path`` of params.yaml is tracked by git (nor, if it exists, left un-ignored in the
+    work tree, one ``git add -A`` from a commit), unless a SOURCE.txt beside it holds the line
+    ``privacy: public stand-in`` (the public data shipped in place of private data): a user's own
+    private files go under data/private/, which git ignores, and into DVC with ``dvc add``;
   * an output a stage lists in ``meta.evaluation_only`` (a gold reward model trained without DP on
     every private comparison, a non-private reference) is read only by evaluation stages
     (``meta.evaluation: true``), whose own outputs are evaluation-only in turn: a model that may
@@ -116,6 +120,62 @@ def declared_raw(params: dict) -> dict[str, set[str]]:
     return found
 
 
+def declared_private_paths(params: dict) -> list[tuple[str, str]]:
+    """(params key, path) of every ``private_path`` params.yaml declares, in any section."""
+    found = []
+
+    def visit(node, prefix):
+        if isinstance(node, dict):
+            for k, v in node.items():
+                if k == "private_path" and isinstance(v, str):
+                    found.append((prefix + k, _norm(v)))
+                visit(v, f"{prefix}{k}.")
+
+    visit(params, "")
+    return found
+
+
+STAND_IN = "privacy: public stand-in"  # a SOURCE.txt line: public data shipped in place of private data
+PRIVATE_FOLDER = "data/private"  # git-ignored, for a user's own private files (tracked with `dvc add`)
+
+
+def _is_stand_in(root: Path, path: str) -> bool:
+    source = (root / path).parent / "SOURCE.txt"
+    try:
+        return any(line.strip() == STAND_IN for line in source.read_text(errors="replace").splitlines())
+    except OSError:
+        return False
+
+
+def _private_inputs_in_git(root: Path, params: dict) -> list[str]:
+    """A private input tracked by git travels with every clone and push of the repository, and one
+    left un-ignored is one `git add -A` away from it."""
+    import subprocess
+
+    def git(*args):
+        return subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True, check=False)
+
+    try:
+        if git("rev-parse", "--is-inside-work-tree").stdout.strip() != "true":
+            return []
+    except FileNotFoundError:  # no git: nothing can be committed from here
+        return []
+    out = []
+    for key, path in declared_private_paths(params):
+        if _is_stand_in(root, path):
+            continue
+        fix = (f"move it under {PRIVATE_FOLDER}/ (git-ignored), `dvc add {PRIVATE_FOLDER}/<file>` to track it with "
+               f"DVC, and point {key} at it")
+        if git("ls-files", "--error-unmatch", "--", path).returncode == 0:
+            out.append(f"params.yaml {key}: the private input {path} is tracked by git, so every clone and push of "
+                       f"the repository carries it: `git rm --cached {path}`, {fix} (only public data shipped in "
+                       f"its place may be committed: a SOURCE.txt beside it with the line '{STAND_IN}')")
+        elif (root / path).exists() and git("check-ignore", "-q", "--", path).returncode == 1:
+            out.append(f"params.yaml {key}: the private input {path} is not git-ignored, one `git add -A` from a "
+                       f"commit: {fix}")
+    return out
+
+
 def raw_class(path: str, raw: dict[str, set[str]]) -> str:
     if path in raw["private_path"]:
         return "private"
@@ -177,6 +237,7 @@ def check(root: Path | str = ".", stages=None) -> tuple[list[str], dict[str, Art
     problems += _evaluation_only_problems(stages, arts)
     problems += _remote_problems(stages, arts, params, data)
     problems += _undeclared_files(root, stages)
+    problems += _private_inputs_in_git(root, params or {})
     return problems, arts
 
 
@@ -188,7 +249,7 @@ def _ledger_problems(stages, arts) -> list[str]:
     for s in stages:
         if not s.meta.get("dp_mechanism"):
             continue
-        entry = LEDGER.format(stage=s.name.split("@")[0])
+        entry = LEDGER.format(stage=s.name)  # a foreach mechanism (dp_count@<input>) has one entry per item
         if entry not in arts or arts[entry].stage != s.name or arts[entry].privacy != "dp":
             out.append(f"stage {s.name}: a dp_mechanism stage must write its ledger entry {entry} as a dp output")
         elif entry not in composed:
@@ -345,9 +406,12 @@ def _fmt(eps) -> str:
     return f"{eps:.3f}" if isinstance(eps, (int, float)) else str(eps)  # non-private runs record "inf"
 
 
-def report(root: Path | str, stages, arts: dict[str, Artifact], *, publish: bool = False) -> str:
-    """The lineage report. ``publish`` (for a release bundle) withholds the md5 of private
-    artifacts: the hash of a small private file (a count, a metric) can be brute-forced."""
+def report(root: Path | str, stages, arts: dict[str, Artifact], *, publish: bool = False,
+           params_filter=None) -> str:
+    """The lineage report of the given stages and artifacts. ``publish`` (for a release bundle)
+    withholds the md5 of private artifacts: the hash of a small private file (a count, a metric) can
+    be brute-forced. ``params_filter`` (values -> values), if given, edits each stage's params before
+    they are listed (the bundle drops another dataset's budget a shared stage declares)."""
     from dvc.dependency.param import ParamsDependency
 
     root = Path(root)
@@ -393,6 +457,8 @@ def report(root: Path | str, stages, arts: dict[str, Artifact], *, publish: bool
         values = {}
         for d in (d for d in s.deps if isinstance(d, ParamsDependency)):
             values.update((d.hash_info.value if d.hash_info else None) or {k: "?" for k in d.params})
+        if params_filter is not None:
+            values = params_filter(values)
         mech = f", DP mechanism `{s.meta['dp_mechanism']}`" if s.meta.get("dp_mechanism") else ""
         lines.append(f"- **{s.name}** (class {s.meta.get('privacy')}{mech}): "
                      f"`{json.dumps(values, sort_keys=True, default=str)}`")

@@ -1,22 +1,41 @@
 """Where every DP random number comes from: a secret key, or the operating system's CSPRNG.
 
-Threat model: the attacker holds everything public: the code, params.yaml, dvc.lock, the committed
-metrics and the released artifacts. The randomness a DP proof relies on (Poisson sampling of
-DP-Adam, its Gaussian noise, the histogram's noise, and any later mechanism's) must be
-unpredictable to them. Seeds in params.yaml drive only what no proof relies on (LoRA init, data
-splits, k-means, generation, evaluation draws).
+Threat model (stated once, in the package docstring of ``dpinstruct.privacy``): published are the
+export bundle (``dpinstruct export``) and every dp-class output; the attacker holds all of it plus
+params.yaml and the code. The git repository (dvc.lock, private metrics) and the DVC remote stay
+with the data owner. The randomness a DP proof relies on (Poisson sampling of DP-Adam, its Gaussian
+noise, the histogram's noise, and any later mechanism's) must be unpredictable to the attacker, so
+it never comes from a seed in params.yaml: seeds there drive only what no proof relies on (LoRA
+init, data splits, k-means, generation, evaluation draws). The key is the one secret the proofs
+rest on: whoever holds it and the published outputs can recompute, and subtract, every draw of
+the noise. It is therefore kept narrower than the repository and the DVC remote, which are private
+but shared (collaborators, clones, backups, queued experiments' copies).
 
 Two modes, the same transforms:
 
 * keyed (default): a 32-byte secret key, made with ``os.urandom`` on first use and kept in a file
-  outside git and outside every DVC output (``privacy.key_file``, default
-  ``~/.config/dpinstruct/secret.key``; the environment variable ``DPINSTRUCT_KEY_FILE`` overrides
-  it). Each consumer draws from its own stream, seed = HMAC-SHA256(key, purpose, binding), the
-  binding naming the run (the stage's params hash and the digests of its private inputs); bytes
-  are SHAKE-256(seed || counter), a deterministic cryptographic generator. So whoever holds the key
-  replays a run bit for bit, nobody else can recompute a single draw, and two runs on different
-  data never share noise (a subtraction would otherwise reveal the difference exactly).
+  (``privacy.key_file``, default ``~/.config/dpinstruct/secret.key``; the environment variable
+  ``DPINSTRUCT_KEY_FILE`` overrides it). Each consumer draws from its own stream, seed =
+  HMAC-SHA256(key, purpose, binding), the binding being the stage's whole run key (its params,
+  the digest of every input it reads and of its code: ``run_key``); bytes are SHAKE-256(seed ||
+  counter), a deterministic cryptographic generator. So whoever holds the key replays a run bit for
+  bit, nobody else can recompute a single draw, and two runs share noise only if they are the same
+  run (a subtraction would otherwise reveal the difference exactly). The randomness setting
+  (``key_file``, ``secure_mode``) is read from params' ``privacy`` section by every DP stage.
 * secure (``privacy.secure_mode: true``): no key; bytes come from ``os.urandom``. Not replayable.
+
+Where the key may live: ``load_key`` refuses (``PrivacyConfigError``), as ssh does with a private
+key,
+
+* a relative path (after expanding $VARS and ~): it would resolve against the working directory,
+  so a ``dvc exp run`` in a temporary copy of the project would silently make a NEW key; only
+  absolute or ``~/`` paths;
+* a key file that any other user may read or write: ``chmod 600`` it;
+* a key inside a git work tree that is not git-ignored: one ``git add -A`` would commit it;
+* a key inside a DVC output of an enclosing project (a stage's ``outs``, ``metrics`` or ``plots``
+  in its dvc.yaml, and its data/, metrics/, plots/ and dvclive/ folders): ``dvc repro`` deletes
+  an output before re-making it (and with it the key: a new one, silently), and once cached with
+  the output ``dvc push`` copies it to the remote.
 
 Transforms: a uniform is the top 53 bits of a 64-bit word times 2^-53, so ``u < q`` includes a
 record with probability q up to 2^-53. A Gaussian draw is Box-Muller on two uniforms, and every
@@ -26,10 +45,12 @@ The key itself is never logged, never written into an artifact and never part of
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import logging
 import os
+import re
 import stat
 import subprocess
 from pathlib import Path
@@ -46,9 +67,21 @@ DOMAIN = b"dpinstruct/dp-randomness/v1"
 
 
 def key_path(privacy: dict | None) -> Path:
-    """The key file: $DPINSTRUCT_KEY_FILE, else privacy.key_file, else the per-user default."""
-    chosen = os.environ.get(KEY_FILE_ENV) or (privacy or {}).get("key_file") or DEFAULT_KEY_FILE
-    return Path(os.path.expandvars(str(chosen))).expanduser().absolute()
+    """The key file: $DPINSTRUCT_KEY_FILE, else privacy.key_file, else the per-user default.
+    Absolute (or ``~``) paths only: a relative one is refused."""
+    source, chosen = "the default key file", DEFAULT_KEY_FILE
+    if os.environ.get(KEY_FILE_ENV):
+        source, chosen = f"${KEY_FILE_ENV}", os.environ[KEY_FILE_ENV]
+    elif (privacy or {}).get("key_file"):
+        source, chosen = "privacy.key_file", privacy["key_file"]
+    path = Path(os.path.expanduser(os.path.expandvars(str(chosen))))
+    if not path.is_absolute():
+        raise PrivacyConfigError(
+            f"{source} is the relative path {chosen!r}: a relative key file resolves against the working directory, "
+            "so a run from another folder (a `dvc exp run` in its temporary copy of the project, a queued "
+            "experiment) would silently make a NEW key and its DP noise would not replay; give an absolute path "
+            f"or one starting with ~/ (e.g. {DEFAULT_KEY_FILE}), outside the project")
+    return Path(os.path.normpath(path))
 
 
 def _refuse_tracked_location(path: Path) -> None:
@@ -66,9 +99,89 @@ def _refuse_tracked_location(path: Path) -> None:
                                  "is not git-ignored: move it (privacy.key_file or $DPINSTRUCT_KEY_FILE) or ignore it")
 
 
+DVC_FOLDERS = ("data", "metrics", "plots", "dvclive")  # a project's output folders, whatever dvc.yaml says
+_TEMPLATE = re.compile(r"\$\{\s*([\w.-]+)\s*\}")
+
+
+def _lookup(params: dict, dotted: str):
+    node = params
+    for part in dotted.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return None
+        node = node[part]
+    return node if isinstance(node, (str, int, float)) else None
+
+
+def _declared_outputs(root: Path) -> list[tuple[str, bool]]:
+    """The outputs dvc.yaml under ``root`` declares, as (path, templated): a stage's ``outs``,
+    ``metrics`` and ``plots`` (strings or one-key dicts; a foreach/matrix stage's ``do:`` body too).
+    ``${...}`` naming a params.yaml value is filled in; a template left (``${item}``, ``${key}``)
+    stands for everything its prefix starts. Read with yaml alone: no dvc import."""
+    import yaml
+
+    try:
+        spec = yaml.safe_load((root / "dvc.yaml").read_text()) or {}
+    except (OSError, yaml.YAMLError):
+        return [("", True)]  # unreadable: the whole project counts as an output (fail safe)
+    try:
+        params = yaml.safe_load((root / "params.yaml").read_text()) or {}
+    except (OSError, yaml.YAMLError):
+        params = {}
+    found = []
+    stages = spec.get("stages") if isinstance(spec, dict) else None
+    for stage in (stages or {}).values():
+        if not isinstance(stage, dict):
+            continue
+        body = stage.get("do") if isinstance(stage.get("do"), dict) else stage
+        for key in ("outs", "metrics", "plots"):
+            for entry in body.get(key) or []:
+                names = [entry] if isinstance(entry, str) else list(entry) if isinstance(entry, dict) else []
+                for name in (n for n in names if isinstance(n, str)):
+                    filled = _TEMPLATE.sub(lambda m: str(v) if (v := _lookup(params, m.group(1))) is not None
+                                           else m.group(0), name)
+                    if "${" in filled:
+                        found.append((filled[:filled.index("${")], True))
+                    else:
+                        found.append((os.path.normpath(filled).replace(os.sep, "/"), False))
+    return found
+
+
+def _refuse_dvc_output(path: Path) -> None:
+    """A key inside a DVC output of an enclosing project (the nearest dvc.yaml above it, and any
+    further up) is deleted by `dvc repro` with its output and, once cached, pushed to the remote."""
+    candidates = {path}
+    with contextlib.suppress(OSError, RuntimeError):
+        candidates.add(path.resolve())  # a symlinked folder must not hide an output
+    for key in candidates:
+        for root in key.parents:
+            if not (root / "dvc.yaml").is_file():
+                continue
+            rel = key.relative_to(root).as_posix()
+            outputs = [(folder, False) for folder in DVC_FOLDERS] + _declared_outputs(root)
+            for out, templated in outputs:
+                inside = rel.startswith(out) if templated else rel == out or rel.startswith(out + "/")
+                if inside:
+                    what = (f"the folder {out}/ of the DVC project" if out in DVC_FOLDERS else
+                            f"the output {out}{'${...}' if templated else ''} declared in the dvc.yaml of")
+                    raise PrivacyConfigError(
+                        f"the secret key file {key} lies inside {what} {root}: `dvc repro` deletes a stage's outputs "
+                        "(and with them the key) and `dvc push` copies cached outputs to the remote; keep the key "
+                        f"outside every DVC output, e.g. {DEFAULT_KEY_FILE} (privacy.key_file or $DPINSTRUCT_KEY_FILE)")
+
+
+def _refuse_loose_permissions(path: Path) -> None:
+    mode = stat.S_IMODE(path.stat().st_mode)
+    if mode & (stat.S_IRWXG | stat.S_IRWXO):
+        raise PrivacyConfigError(f"the secret key file {path} has permissions {mode:04o}: other users may read or "
+                                 f"write it, so it is refused (as ssh refuses a private key); run `chmod 600 {path}` "
+                                 "and, if anyone else may have read it, delete it to make a new key")
+
+
 def load_key(privacy: dict | None) -> bytes:
-    """The secret key, made (0600, in a 0700 folder) when the file does not exist yet."""
+    """The secret key, made (0600, in a 0700 folder) when the file does not exist yet. Refused:
+    a relative path, loose permissions, a place inside an un-ignored git work tree or a DVC output."""
     path = key_path(privacy)
+    _refuse_dvc_output(path)
     if path.parent.exists():
         _refuse_tracked_location(path)
     if not path.exists():
@@ -79,12 +192,11 @@ def load_key(privacy: dict | None) -> bytes:
             f.write(os.urandom(KEY_BYTES))
         log.warning("made a new secret key for DP randomness at %s: keep it (and back it up) to reproduce this "
                     "run's DP outputs exactly; never commit or share it", path)
+    _refuse_loose_permissions(path)
     key = path.read_bytes()
     if len(key) != KEY_BYTES:
         raise PrivacyConfigError(f"secret key file {path} holds {len(key)} bytes, expected {KEY_BYTES}: restore it, "
                                  "or delete it to make a new key (DP outputs will then differ from dvc.lock)")
-    if path.stat().st_mode & (stat.S_IRWXG | stat.S_IRWXO):
-        log.warning("secret key file %s is readable by other users: chmod 600 it", path)
     return key
 
 

@@ -4,8 +4,8 @@ IMDb reviews positively, with no human in the loop (after Ziegler et al. 2020).
 
 The recipe: DP-SFT of the policy on one part of the private reviews, then DP-PPO on another,
 disjoint part, rewarded by a sentiment classifier trained on public reviews. The two DP steps touch
-disjoint partitions (``data.partition_of``), so they compose in parallel
-(``dpinstruct.privacy.composition``).
+disjoint partitions (``data.private_parts``: one part per distinct review, by a seeded hash of its
+cleaned text), so they compose in parallel (``dpinstruct.privacy.composition``).
 
 Privacy units: for DP-SFT one review (its gradient clipped as one example); for DP-PPO one prompt,
 i.e. one private review's opening: all the rollouts of a prompt, their policy loss included, form

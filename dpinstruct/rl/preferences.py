@@ -3,16 +3,24 @@
 A line of the raw file is one comparison: a JSON object whose ``chosen`` and ``rejected`` strings are
 the same dialogue ("\\n\\nHuman: ... \\n\\nAssistant: ...") up to the final assistant turn, where the
 crowdworker preferred ``chosen``. A comparison is the privacy unit of the reward model (Wu et al.,
-task (ii)): ``id`` is a hash of the line's two texts, and ``partition_of`` puts it in the reward
-model's part or the held-out part by that id alone.
+task (ii)): ``id`` is a hash of the line's two texts.
 
 ``read_pairs`` refuses a file it cannot use as given, naming the file, line and field and never
 quoting the text: a line that is not JSON, not an object, lacks a side, has a side that is not a
-non-empty string, or has identical sides (no preference to learn). ``comparisons`` then keeps the
-pairs that are a comparison of two answers to ONE prompt, and drops (counting them) the dialogues
-the source itself garbled: 5 of the shipped 1,900 have contexts that differ between the sides (a
-turn marker inside a turn), 3 an empty final answer. Both are rules on one pair alone, so
-neighbouring files stay neighbouring.
+non-empty string, or has identical sides (no preference to learn). Each of these reads one line; a
+refused file releases nothing (the stage stops before any mechanism), so the guarantee covers the
+files it accepts.
+
+``preference_parts`` turns the pairs into the parts, and every step is *1-stable*
+(``dpinstruct.privacy``): for any file D and any comparison x, the reward part (the DP mechanism's
+input) and the held-out part of D + x differ from those of D by x's own row at most, in one part.
+``unique_pairs`` gives the comparisons SET semantics: a line repeating both texts of another is the
+same comparison, counted once (its rows are identical, so which copy stays does not matter).
+``comparisons`` keeps the pairs that are a comparison of two answers to ONE prompt, and drops
+(counting them) the dialogues the source itself garbled: 5 of the shipped 1,900 have contexts that
+differ between the sides (a turn marker inside a turn), 3 an empty final answer. Then a pair goes
+to the ``reward`` or the ``heldout`` part by a seeded hash of its id alone (``text.splits.partition_of``),
+and the id is a hash of its content, so copies never straddle the parts. All rules on one pair.
 
 The reward model sees the last human turn and the final answer (``prompt``, ``chosen``,
 ``rejected``), the same shape as an RLHF rollout: one instruction, one response.
@@ -29,6 +37,7 @@ import pyarrow as pa
 
 from dpinstruct.io.errors import InputError
 from dpinstruct.io.instructions import check_text, json_objects
+from dpinstruct.text.splits import partition_of
 
 HUMAN, ASSISTANT = "\n\nHuman:", "\n\nAssistant:"
 SIDES = ("chosen", "rejected")
@@ -46,7 +55,8 @@ def _raw(path: Path) -> bytes:
 
 
 def read_pairs(path: Path | str) -> pd.DataFrame:
-    """id, chosen, rejected of every line (blank lines skipped); raises ``InputError`` on bad input."""
+    """id, chosen, rejected of every line in file order (blank lines skipped; a repeated comparison
+    is kept: ``unique_pairs`` makes it one); raises ``InputError`` on bad input."""
     path = Path(path)
     rows = []
     for line_no, record in json_objects(path, _raw(path)):
@@ -62,14 +72,16 @@ def read_pairs(path: Path | str) -> pd.DataFrame:
             raise InputError(path, "identical to 'chosen': the pair states no preference", line=line_no,
                              field="rejected")
         digest = hashlib.sha256(json.dumps([record["chosen"], record["rejected"]]).encode()).hexdigest()[:16]
-        rows.append((digest, record["chosen"], record["rejected"], line_no))
+        rows.append((digest, record["chosen"], record["rejected"]))
     if not rows:
         raise InputError(path, "no comparison in the file")
-    pairs = pd.DataFrame(rows, columns=["id", *SIDES, "line"])
-    duplicated = pairs.id.duplicated()
-    if duplicated.any():  # the same comparison twice would be one person counted twice
-        raise InputError(path, "the same comparison appears twice", line=int(pairs.line[duplicated].iloc[0]))
-    return pairs.drop(columns="line")
+    return pd.DataFrame(rows, columns=["id", *SIDES])
+
+
+def unique_pairs(pairs: pd.DataFrame) -> pd.DataFrame:
+    """Set semantics on comparisons: the first row of each distinct (chosen, rejected); the copies
+    are identical rows (the id is a hash of the two texts), so the choice depends on no other row."""
+    return pairs.drop_duplicates(list(SIDES), keep="first").reset_index(drop=True)
 
 
 def final_turn(dialogue: str) -> tuple[str, str]:
@@ -99,3 +111,14 @@ def comparisons(pairs: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, int]]:
         else:
             rows.append((pid, prompt, a, b))
     return pd.DataFrame(rows, columns=["id", "prompt", *SIDES]), dropped
+
+
+def preference_parts(pairs: pd.DataFrame, seed: int, shares: dict[str, float]) -> tuple[pd.DataFrame, dict[str, int]]:
+    """(id, prompt, chosen, rejected, partition) of the distinct usable comparisons of ``read_pairs``'s
+    rows, in file order, and counts: ``duplicates`` (rows repeating a comparison), the drops of
+    ``comparisons``, one count per part. 1-stable (module docstring)."""
+    unique = unique_pairs(pairs)
+    kept, dropped = comparisons(unique)
+    kept["partition"] = [partition_of(i, seed, shares) for i in kept.id]
+    return kept, {"duplicates": len(pairs) - len(unique), **dropped,
+                  **{name: int((kept.partition == name).sum()) for name in shares}}

@@ -3,6 +3,16 @@
 Per file: normalise whitespace, drop empty rows, keep lengths within [min_tokens, max_tokens]
 tokens of the generator's tokenizer, exact dedup, word n-gram dedup. Returns only the kept rows
 and counts; callers log counts, never text.
+
+Private files (``per_unit=True``) are cleaned by 1-stable rules only (``dpinstruct.privacy``
+states why): every rule looks at one row, or at the rows of one UNIT, never across units. A unit
+is a ``user_id`` when the row has one, else the row's dedup key (its normalised text): so exact
+dedup of rows without a user is a SET operation (a duplicate adds nothing, and the row kept for a
+text, the one with the smallest id, does not depend on file order), and dedup of a user's rows,
+exact or by n-gram, touches that user's rows alone. The paper's cross-row n-gram dedup is NOT
+stable (one added row could remove every later row sharing a 10-gram with it: 70 train rows
+changed on the shipped file), so on a private file it runs within a unit only. A public file
+(``per_unit=False``) keeps the paper's rule: first occurrence in file order, across the file.
 """
 from __future__ import annotations
 
@@ -13,7 +23,7 @@ import pyarrow as pa
 from dpinstruct.io import quality
 from dpinstruct.io.errors import InputError
 from dpinstruct.io.instructions import read_instructions
-from dpinstruct.text.filters import dedup, normalise
+from dpinstruct.text.filters import dedup, dedup_key, normalise
 
 SCHEMA = pa.schema([pa.field("id", pa.string(), nullable=False), pa.field("instruction", pa.string(), nullable=False),
                     pa.field("user_id", pa.string()), pa.field("n_tokens", pa.int32(), nullable=False)])
@@ -26,7 +36,14 @@ def longest_token_bytes(tokenizer) -> int:
     return max(len(t) for t in tokenizer.get_vocab())
 
 
-def clean(path, tokenizer, cfg: dict) -> tuple[pd.DataFrame, dict]:
+def unit_keys(df: pd.DataFrame, casefold: bool) -> pd.Series:
+    """The unit of each row: ``user:<user_id>``, or ``text:<dedup key>`` for a row without a user."""
+    texts = df.instruction.map(lambda t: "text:" + dedup_key(t, casefold))
+    return ("user:" + df.user_id).where(df.user_id.notna(), texts)
+
+
+def clean(path, tokenizer, cfg: dict, *, per_unit: bool) -> tuple[pd.DataFrame, dict]:
+    """Kept rows (id, instruction, user_id, n_tokens; plus ``unit`` when ``per_unit``) and counts."""
     records = read_instructions(path)
     df = pd.DataFrame({"id": [r.id for r in records], "user_id": [r.user_id for r in records],
                        "instruction": [normalise(r.instruction) for r in records]})
@@ -49,19 +66,38 @@ def clean(path, tokenizer, cfg: dict) -> tuple[pd.DataFrame, dict]:
     counts["too_short"] = int((df.n_tokens < cfg["min_tokens"]).sum())
     counts["too_long"] = int((df.n_tokens > cfg["max_tokens"]).sum())
     df = df[df.n_tokens.between(cfg["min_tokens"], cfg["max_tokens"])]
-    reasons = pd.Series(dedup(df.instruction.tolist(), casefold=cfg["dedup_casefold"], ngram_n=cfg["ngram_dedup_n"]),
-                        index=df.index, dtype=object)
+    reasons = _dedup_per_unit(df, cfg) if per_unit else pd.Series(
+        dedup(df.instruction.tolist(), casefold=cfg["dedup_casefold"], ngram_n=cfg["ngram_dedup_n"]),
+        index=df.index, dtype=object)
     counts["exact_duplicate"] = int((reasons == "exact").sum())
     counts["ngram_duplicate"] = int((reasons == "ngram").sum())
     df = df[reasons.isna()].reset_index(drop=True)
+    if per_unit:
+        df = df.assign(unit=unit_keys(df, cfg["dedup_casefold"]))
     counts["kept"] = len(df)
     if df.empty:
         raise InputError(path, f"no instruction left after filtering ({counts})")
     return df, counts
 
 
+def _dedup_per_unit(df: pd.DataFrame, cfg: dict) -> pd.Series:
+    """Dedup reasons (None = kept) with each unit deduplicated alone, its rows in id order (so
+    neither file order nor another unit's rows decide which row survives)."""
+    reasons = pd.Series(None, index=df.index, dtype=object)
+    ordered = df.assign(unit=unit_keys(df, cfg["dedup_casefold"])).sort_values(["unit", "id"], kind="stable")
+    shared = ordered[ordered.unit.duplicated(keep=False)]  # units of one row need no dedup (most of them)
+    for _, rows in shared.groupby("unit", sort=False):
+        reasons[rows.index] = dedup(rows.instruction.tolist(), casefold=cfg["dedup_casefold"],
+                                    ngram_n=cfg["ngram_dedup_n"])
+    return reasons
+
+
 def rules(df: pd.DataFrame, cfg: dict, others: dict[str, pd.DataFrame] | None = None) -> list:
     return quality.table_rules(
-        columns=SCHEMA.names, non_null=("instruction", "n_tokens"), unique=("instruction",),
+        # Two users may ask the same thing; within the rows without a user, texts are unique.
+        columns=SCHEMA.names, non_null=("instruction", "n_tokens"),
+        unique=() if df.user_id.notna().any() else ("instruction",),
         between={"n_tokens": (cfg["min_tokens"], cfg["max_tokens"])},
-        disjoint_from={o: {"id": d.id.tolist(), "instruction": d.instruction.tolist()} for o, d in (others or {}).items()})
+        disjoint_from={o: {"id": d.id.tolist(), **({} if df.user_id.notna().any() else
+                                                    {"instruction": d.instruction.tolist()})}
+                       for o, d in (others or {}).items()})

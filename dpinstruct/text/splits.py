@@ -1,12 +1,21 @@
-"""Seeded train / val / test splits that keep each user's rows together.
+"""Stable splits and partitions: a unit goes to a part by a seeded hash of its key ALONE.
 
-A unit is a ``user_id`` (rows without one are their own unit); units are shuffled with a public
-seed (splitting is not a DP mechanism) and test, then val, then train take whole units until their
-size is reached, so no user's instructions straddle two splits.
+Why not a seeded permutation that fills fixed sizes (what this module did before): adding one row
+to the file shifts every later unit of that permutation into another split (793 of 3,828 train rows
+changed on the shipped file), so "add or remove one instruction" would hold for the train split,
+not for the data owner's file. With a hash, a unit's part depends on nothing but its own key and
+the (public) seed, so adding or removing a unit moves that unit's rows and no other: the split is
+*1-stable* (the privacy package docstring, ``dpinstruct.privacy``). Shares are expected fractions,
+never counts: a count would need N, which is private.
+
+The key of a unit is its ``user_id`` when the row has one (all of a user's rows land together),
+else the row's dedup key (its normalised text, ``filters.dedup_key``): NOT its id, since an id a
+reader generated from a line number shifts when a row is inserted above it.
 """
 from __future__ import annotations
 
-import numpy as np
+import hashlib
+
 import pandas as pd
 
 from dpinstruct.io.errors import InputError
@@ -14,28 +23,35 @@ from dpinstruct.io.errors import InputError
 SPLITS = ("train", "val", "test")
 
 
-def split(df: pd.DataFrame, *, seed: int, test_size: int, val_size: int, train_size: int | None,
-          path) -> dict[str, pd.DataFrame]:
-    """{"train", "val", "test"} -> rows; ``train_size`` None = every remaining row. Raises
-    InputError naming ``path`` when too few rows are left for the requested sizes."""
-    unit = df.user_id.where(df.user_id.notna(), "row:" + df.id)
-    units = np.array(sorted(unit.unique()))
-    order = units[np.random.default_rng(seed).permutation(len(units))]
-    sizes = {"test": test_size, "val": val_size, "train": train_size or len(df)}
-    rows_per_unit = unit.value_counts()
-    assigned, filled, current = {}, dict.fromkeys(sizes, 0), iter(("test", "val", "train"))
-    name = next(current)
-    for u in order:
-        while name is not None and filled[name] >= sizes[name]:
-            name = next(current, None)
-        if name is None:
-            break
-        assigned[u] = name
-        filled[name] += int(rows_per_unit[u])
-    label = unit.map(assigned)
-    parts = {s: df[label == s].reset_index(drop=True) for s in SPLITS}
-    short = {s: (len(parts[s]), sizes[s]) for s in ("val", "test") if len(parts[s]) < sizes[s]}
-    if short or parts["train"].empty:
-        raise InputError(path, f"only {len(df)} instructions after filtering: not enough for the split sizes "
-                               f"(have, want) = {short or {'train': (0, 'at least 1')}}")
+def unit_interval(key: str, seed: int) -> float:
+    """A uniform draw in [0, 1) fixed by (seed, key) alone: sha256 of both, first 8 bytes."""
+    digest = hashlib.sha256(f"{seed}:{key}".encode("utf-8", "surrogatepass")).digest()
+    return int.from_bytes(digest[:8], "big") / 2.0 ** 64
+
+
+def partition_of(key: str, seed: int, shares: dict[str, float]) -> str:
+    """The part of a unit: cumulative ``shares`` (summing to 1) cut [0, 1); by its key alone."""
+    u, edge = unit_interval(key, seed), 0.0
+    for name, share in shares.items():
+        edge += share
+        if u < edge:
+            return name
+    return list(shares)[-1]  # u within rounding of 1
+
+
+def split_shares(test_share: float, val_share: float) -> dict[str, float]:
+    return {"test": test_share, "val": val_share, "train": 1.0 - test_share - val_share}
+
+
+def split(df: pd.DataFrame, *, seed: int, test_share: float, val_share: float, path) -> dict[str, pd.DataFrame]:
+    """{"train", "val", "test"} -> rows, by ``partition_of(df.unit, ...)``; rows keep their order.
+    ``df`` has a ``unit`` column (``cleaning.unit_keys``). Raises InputError naming ``path`` when a
+    split comes out empty (the file is too small for the shares)."""
+    shares = split_shares(test_share, val_share)
+    label = df.unit.map(lambda u: partition_of(u, seed, shares))
+    parts = {s: df[label == s].drop(columns="unit").reset_index(drop=True) for s in SPLITS}
+    empty = [s for s in SPLITS if parts[s].empty]
+    if empty:
+        raise InputError(path, f"only {len(df)} instructions after filtering: the {empty} split(s) came out empty "
+                               f"at shares {shares}")
     return parts

@@ -22,6 +22,7 @@ import torch
 from dpinstruct.io import params as P
 from dpinstruct.models import dp_generator, sampler
 from dpinstruct.models.instruction_loss import row_nll
+from dpinstruct.privacy import dp_count
 from dpinstruct.privacy.dp_adam import build_examples, collate, micro_batches
 from dpinstruct.text.filters import dedup
 from dpinstruct.text.generation_parsing import parse
@@ -47,8 +48,9 @@ def main() -> None:
     cfg, gen = params["train_generator"], params["generate"]
     texts = pd.read_parquet("data/prepared/train.parquet").instruction.tolist()
     scratch, start = tempfile.mkdtemp(), time.perf_counter()
-    fitted = dp_generator.fit(params, texts, units=None, binding=("bench", args.overrides),
-                              run_key_parts=("bench", args.overrides), checkpoint_dir=f"{scratch}/ck",
+    noisy_count, count_component, _ = dp_count.read("instructions")  # the pipeline's DP count, as train_generator
+    fitted = dp_generator.fit(params, texts, units=None, noisy_count=noisy_count, count_component=count_component,
+                              run_key=("bench", args.overrides), checkpoint_dir=f"{scratch}/ck",
                               live_dir=f"{scratch}/live")
     train_s = time.perf_counter() - start
     model, tok = fitted.model.eval(), fitted.tokenizer

@@ -22,6 +22,7 @@ import pandas as pd
 
 from dpinstruct.io import params as P
 from dpinstruct.privacy import accounting as acct
+from dpinstruct.privacy import dp_count
 from dpinstruct.privacy.dp_adam import DPAdam
 from dpinstruct.privacy.randomness import DPRandom
 from dpinstruct.rl import bradley_terry as bt
@@ -50,10 +51,14 @@ def main() -> None:
         row = {"feature_seconds": round(seconds, 1),
                "seconds_per_1000_texts": round(1000 * seconds / (2 * (len(train) + len(heldout))), 1)}
         for label, budget in (("dp", params["rlhf"]["privacy"]), ("non_private", {"epsilon": math.inf, "delta": 1e-5})):
-            plan = acct.plan_dp_sgd(budget, budget_name="rlhf.privacy", n_records=len(deltas),
+            # as dp_count@hh_rlhf and dp_reward_model do it: a DP count of these comparisons (a fresh OS
+            # draw, like the rest of this benchmark) gives the divisor q x N~ and is a prior of the calibration
+            count_sigma = 0.0 if math.isinf(P.as_float(budget["epsilon"])) else P.as_float(params["dp_count"]["sigma"])
+            noisy_count = dp_count.release(len(deltas), count_sigma, DPRandom(None))
+            plan = acct.plan_dp_sgd(budget, budget_name="rlhf.privacy", noisy_count=noisy_count,
                                     sampling_rate=P.as_float(cfg["sampling_rate"]), steps=int(cfg["steps"]),
-                                    clip_norm=P.as_float(cfg["clip_norm"]),
-                                    expected_batch_size=P.as_float(cfg["expected_batch_size"]))
+                                    clip_norm=P.as_float(cfg["clip_norm"]), prior=[(count_sigma, 1.0, 1)],
+                                    prior_label="the DP count of the reward part")
             accs, start = [], time.perf_counter()
             for _ in range(args.draws):
                 head, stream = bt.BradleyTerryHead(deltas.shape[1]), DPRandom(None)

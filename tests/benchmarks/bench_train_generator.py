@@ -56,6 +56,14 @@ def setup():
     return cfg, model, tok, examples, prompt_len
 
 
+def expected_batch(cfg: dict) -> int:
+    """The stage's expected batch q x N~ (its divisor; N~ the pipeline's DP count, dp_count@instructions)."""
+    from dpinstruct.privacy import accounting as acct
+    from dpinstruct.privacy import dp_count
+
+    return max(1, round(acct.divisor(cfg["sampling_rate"], dp_count.read("instructions")[0])))
+
+
 def loss_for(model):
     """The stage's loss (fused, from the first adapted block), or the plain one it replaced."""
     from dpinstruct.models.instruction_loss import instruction_loss
@@ -71,7 +79,7 @@ def ours(fraction: float) -> dict:
     cfg, model, tok, examples, prompt_len = setup()
     lengths, q = np.array([len(e) for e in examples]), cfg["sampling_rate"]
     loss_fn = loss_for(model)
-    dp = D.DPAdam(model, lr=1e-3, noise_multiplier=0.6, clip_norm=0.5, expected_batch_size=cfg["expected_batch_size"],
+    dp = D.DPAdam(model, lr=1e-3, noise_multiplier=0.6, clip_norm=0.5, expected_batch_size=expected_batch(cfg),
                   noise=DPRandom(None), autocast_bf16=LEVERS["bf16"])
     rng, steps = DPRandom(None), max(1, round(fraction / q))
     start = time.perf_counter()
@@ -93,11 +101,12 @@ def naive(fraction: float) -> dict:
     width = MAX_LEN - padded["input_ids"].shape[1]  # ...then to 64 for every row
     fill = {"input_ids": tok.pad_token_id, "attention_mask": 0, "labels": D.IGNORE}
     tensors = [torch.nn.functional.pad(padded[k], (0, width), value=fill[k]) for k in ("input_ids", "attention_mask", "labels")]
-    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(*tensors), batch_size=cfg["expected_batch_size"])
+    batch = expected_batch(cfg)
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(*tensors), batch_size=batch)
     optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-3)
     module, optimizer, loader = PrivacyEngine().make_private(module=model, optimizer=optimizer, data_loader=loader,
                                                              noise_multiplier=0.6, max_grad_norm=0.5, poisson_sampling=True)
-    steps, done = max(1, round(fraction * len(examples) / cfg["expected_batch_size"])), 0
+    steps, done = max(1, round(fraction * len(examples) / batch)), 0
     start = time.perf_counter()
     with BatchMemoryManager(data_loader=loader, max_physical_batch_size=PHYSICAL, optimizer=optimizer) as batches:
         for ids, mask, labels in batches:
@@ -117,7 +126,7 @@ def step_pair(_: float) -> dict:
 
     cfg, model, tok, examples, prompt_len = setup()
     lengths, rng = np.array([len(e) for e in examples]), np.random.default_rng(0)
-    idx = rng.choice(len(examples), cfg["expected_batch_size"], replace=False)
+    idx = rng.choice(len(examples), expected_batch(cfg), replace=False)
     micro = [D.collate([examples[i] for i in b], prompt_len, tok.pad_token_id)
              for b in D.micro_batches(idx, lengths, cfg["micro_batch_tokens"])]
     plain_opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-3)

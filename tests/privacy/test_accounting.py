@@ -1,6 +1,7 @@
 """Accounting and budget calibration, checked against independent dp_accounting / opacus calls."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 
@@ -91,42 +92,86 @@ def test_calibration_meets_the_composed_target_by_both_accountants(target):
 
 def test_paper_setting_gives_noise_multiplier_near_0_8():
     # N=180,000, expected batch 4,096 (q = 4096 / 180000), 10 epochs (T=439), delta 5e-7, histogram sigma 10
-    plan = acct.plan_generator({"epsilon": 5.94, "delta": 5e-7}, HIST, n_records=180_000, sampling_rate=4096 / 180_000,
-                               epochs=10, clip_norm=0.5, expected_batch_size=4096)
-    assert plan.steps == 439
+    # (the paper has no DP count: the prior is the histogram alone)
+    plan = acct.plan_generator({"epsilon": 5.94, "delta": 5e-7}, HIST, noisy_count=180_000, prior=[(10.0, 1.0, 1)],
+                               sampling_rate=4096 / 180_000, epochs=10, clip_norm=0.5)
+    assert plan.steps == 439 and plan.expected_batch_size == pytest.approx(4096)  # the divisor q x N~
     assert plan.noise_multiplier == pytest.approx(0.8, abs=0.03)
     assert 5.89 <= plan.composed_epsilon <= 5.94 and plan.composed_epsilon_prv <= 5.94
 
 
-def test_the_plan_does_not_depend_on_n():
-    # q, T and sigma are params: two datasets of different sizes publish identical plans
-    plans = [acct.plan_generator(PRIVACY, HIST, n_records=n, sampling_rate=0.05, epochs=1.0, clip_norm=0.5,
-                                 expected_batch_size=100) for n in (2000, 2001, 50_000)]
-    assert plans[0] == plans[1] == plans[2]
+def test_the_plan_depends_on_the_dp_count_only_through_the_divisor():
+    # q, T and sigma are params: counts of different sizes give identical plans but for the divisor q x N~
+    plans = [acct.plan_generator(PRIVACY, HIST, noisy_count=n, prior=[(10.0, 1.0, 1), (20.0, 1.0, 1)],
+                                 sampling_rate=0.05, epochs=1.0, clip_norm=0.5) for n in (2000, 2001.7, 50_000)]
+    same = [dataclasses.replace(p, expected_batch_size=0) for p in plans]
+    assert same[0] == same[1] == same[2]
+    assert [p.expected_batch_size for p in plans] == pytest.approx([100, 100.085, 2500])
 
 
-def plan(privacy, hist, n=10000, q=0.01, batch=100.0):
-    return acct.plan_generator(privacy, hist, n_records=n, sampling_rate=q, epochs=1.0, clip_norm=0.5,
-                               expected_batch_size=batch)
+def test_the_dp_count_is_a_prior_of_the_calibration():
+    # the count's Gaussian composes with the histogram: the generator gets less budget, so more noise,
+    # and the composed epsilon (generator + histogram + count) still meets the target by both accountants
+    without = acct.plan_generator(PRIVACY, HIST, noisy_count=5000, prior=[(10.0, 1.0, 1)], sampling_rate=0.05,
+                                  epochs=1.0, clip_norm=0.5)
+    with_count = acct.plan_generator(PRIVACY, HIST, noisy_count=5000, prior=[(10.0, 1.0, 1), (5.0, 1.0, 1)],
+                                     sampling_rate=0.05, epochs=1.0, clip_norm=0.5)
+    assert with_count.noise_multiplier > without.noise_multiplier
+    pld = pld_privacy_accountant.PLDAccountant(value_discretization_interval=1e-4)
+    pld.compose(dp_accounting.ComposedDpEvent([acct.dp_sgd_event(with_count.noise_multiplier, 0.05, with_count.steps),
+                                               dp_accounting.GaussianDpEvent(10.0), dp_accounting.GaussianDpEvent(5.0)]))
+    assert pld.get_epsilon(1e-5) == pytest.approx(with_count.composed_epsilon, abs=1e-6)
+    assert with_count.composed_epsilon <= 6.0 and with_count.composed_epsilon_prv <= 6.0
+    with pytest.raises(PrivacyConfigError, match=r"privacy.epsilon=6.0 cannot be met: the histogram "
+                                                 r"\(histogram.sigma=10.0\) and the DP count alone spend\(s\) epsilon"):
+        acct.plan_generator(PRIVACY, HIST, noisy_count=5000, prior=[(10.0, 1.0, 1), (0.3, 1.0, 1)],
+                            sampling_rate=0.05, epochs=1.0, clip_norm=0.5)
 
 
-@pytest.mark.parametrize("privacy, hist, n, q, batch, message", [
-    ({"epsilon": 6.0, "delta": 1e-3}, HIST, 1000, 0.1, 100, r"delta=0.001 must be in \(0, 1/N\)"),
-    ({"epsilon": 6.0, "delta": 1e-4}, HIST, 10000, 0.01, 100, r"must be in \(0, 1/N\)"),  # delta == 1/N
-    ({"epsilon": 0.02, "delta": 1e-6}, {"sigma": 1.0}, 10000, 0.01, 100, r"histogram \(histogram.sigma=1.0\) alone spend\(s\) epsilon"),
-    ({"delta": 1e-6}, HIST, 10000, 0.01, 100, r"must set privacy.epsilon"),
-    ({"epsilon": 6.0}, HIST, 10000, 0.01, 100, r"must set privacy.delta"),
-    ({"epsilon": 6.0, "delta": 1e-6}, {}, 10000, 0.01, 100, r"must set histogram.sigma"),
-    (None, HIST, 10000, 0.01, 100, r"must set privacy.epsilon"),
-    ({"epsilon": 6.0, "delta": 1e-6}, HIST, 50, 1.5, 100, r"sampling_rate=1.5 must be in \(0, 1\]"),
-    ({"epsilon": 6.0, "delta": 1e-6}, HIST, 50, 0.0, 100, r"sampling_rate=0.0 must be in"),
-    ({"epsilon": 6.0, "delta": 1e-6}, HIST, 50, 0.1, 0, r"expected_batch_size=0 must be > 0"),
-    ({"epsilon": 6.0, "delta": 1e-6}, {"sigma": 0}, 10000, 0.01, 100, r"histogram.sigma must be > 0"),
-    ({"epsilon": -1, "delta": 1e-6}, HIST, 10000, 0.01, 100, r"must be positive"),
+def test_a_small_or_negative_dp_count_clamps_at_one():
+    # N~ = N + noise may come out below 1 on a tiny set: the divisor and the delta check use max(N~, 1)
+    p = plan(PRIVACY, HIST, n=-7.5, q=0.1)
+    assert p.private and p.expected_batch_size == pytest.approx(0.1)
+    with pytest.raises(PrivacyConfigError, match=r"delta=1.0 must be in \(0, 1/N\) = \(0, 1\) for the DP count N~=1\.0"):
+        plan({"epsilon": 6.0, "delta": 1.0}, HIST, n=0.2)
+
+
+def test_dp_sgd_plan_uses_the_dp_count_for_divisor_and_delta():
+    budget = {"epsilon": 4.0, "delta": 1e-5}
+    p = acct.plan_dp_sgd(budget, budget_name="rl.privacy", noisy_count=12_400.6, sampling_rate=0.005, steps=12,
+                         clip_norm=1.0, prior=[(20.0, 1.0, 1)])
+    assert p.expected_batch_size == pytest.approx(0.005 * 12_400.6) and p.composed_epsilon <= 4.0
+    alone = acct.plan_dp_sgd(budget, budget_name="rl.privacy", noisy_count=12_400.6, sampling_rate=0.005, steps=12,
+                             clip_norm=1.0)
+    assert p.noise_multiplier > alone.noise_multiplier  # the count is paid for
+    with pytest.raises(PrivacyConfigError, match=r"rl.privacy.delta=1e-05 must be in \(0, 1/N\).*N~=100000\.5"):
+        acct.plan_dp_sgd(budget, budget_name="rl.privacy", noisy_count=100_000.5, sampling_rate=0.005, steps=12,
+                         clip_norm=1.0)
+
+
+def plan(privacy, hist, n=10000, q=0.01):
+    """The generator's plan as dp_generator.plan makes it: the histogram's noise is the prior."""
+    return acct.plan_generator(privacy, hist, noisy_count=n, prior=[((hist or {}).get("sigma") or 0.0, 1.0, 1)],
+                               sampling_rate=q, epochs=1.0, clip_norm=0.5)
+
+
+@pytest.mark.parametrize("privacy, hist, n, q, message", [
+    ({"epsilon": 6.0, "delta": 1e-3}, HIST, 1000, 0.1, r"delta=0.001 must be in \(0, 1/N\)"),
+    ({"epsilon": 6.0, "delta": 1e-4}, HIST, 10000, 0.01, r"must be in \(0, 1/N\)"),  # delta == 1/N~
+    ({"epsilon": 6.0, "delta": 1e-4}, HIST, 10000.3, 0.01, r"for the DP count N~=10000\.3"),  # N~ is not an integer
+    ({"epsilon": 0.02, "delta": 1e-6}, {"sigma": 1.0}, 10000, 0.01, r"histogram \(histogram.sigma=1.0\) and the DP count alone spend\(s\) epsilon"),
+    ({"delta": 1e-6}, HIST, 10000, 0.01, r"must set privacy.epsilon"),
+    ({"epsilon": 6.0}, HIST, 10000, 0.01, r"must set privacy.delta"),
+    ({"epsilon": 6.0, "delta": 1e-6}, {}, 10000, 0.01, r"must set histogram.sigma"),
+    (None, HIST, 10000, 0.01, r"must set privacy.epsilon"),
+    ({"epsilon": 6.0, "delta": 1e-6}, HIST, 50, 1.5, r"sampling_rate=1.5 must be in \(0, 1\]"),
+    ({"epsilon": 6.0, "delta": 1e-6}, HIST, 50, 0.0, r"sampling_rate=0.0 must be in"),
+    ({"epsilon": 6.0, "delta": 1e-6}, {"sigma": 0}, 10000, 0.01, r"histogram.sigma must be > 0"),
+    ({"epsilon": -1, "delta": 1e-6}, HIST, 10000, 0.01, r"must be positive"),
 ])
-def test_unsafe_configurations_are_refused(privacy, hist, n, q, batch, message):
+def test_unsafe_configurations_are_refused(privacy, hist, n, q, message):
     with pytest.raises(PrivacyConfigError, match=message):
-        plan(privacy, hist, n, q, batch)
+        plan(privacy, hist, n, q)
 
 
 def test_non_private_plan_and_int_epsilon_from_dvc_exp():

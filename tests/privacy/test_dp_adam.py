@@ -1,4 +1,5 @@
-"""DP-Adam internals on the real base model: per-sample gradients, the DP step, the sampler."""
+"""DP-Adam internals on the real base model: per-sample gradients, the DP step, the sampler; the exact
+clipping semantics on a one-layer linear model whose per-example gradients are known by hand."""
 from __future__ import annotations
 
 import copy
@@ -116,21 +117,91 @@ def test_zero_noise_no_clipping_equals_plain_adam(lora):
     assert (seen[-1] - plain_grad).norm() / plain_grad.norm() < 1e-3  # other fp32 kernels once padding differs
 
 
-def test_clipping_bounds_each_example_and_noise_has_the_stated_std(lora):
-    model, tokenizer = lora
-    clip, sigma, expected = 1e-3, 2.0, 4.0
-    dp = D.DPAdam(copy.deepcopy(model), lr=1e-3, noise_multiplier=0.0, clip_norm=clip, expected_batch_size=expected,
-                  noise=keyed())
-    grads = []
-    dp.optimizer.attach_step_hook(lambda o: grads.append(torch.cat([p.grad.flatten() for p in o.params])))
-    dp.step(split_in_two(tokenizer, TEXTS))
-    # every per-example gradient is far above 1e-3, so each is clipped to norm C exactly
-    assert grads[0].norm() <= len(TEXTS) * clip / expected * (1 + 1e-5)
-    noisy = D.DPAdam(copy.deepcopy(model), lr=1e-3, noise_multiplier=sigma, clip_norm=clip,
-                     expected_batch_size=expected, noise=keyed())
-    noisy.optimizer.attach_step_hook(lambda o: grads.append(torch.cat([p.grad.flatten() for p in o.params])))
-    noisy.step([])  # empty batch: the gradient is pure noise, N(0, (sigma C)^2) / expected batch size
-    assert grads[1].std().item() == pytest.approx(sigma * clip / expected, rel=0.02)
+class Linear1(torch.nn.Module):
+    """A one-output linear layer whose per-example loss is its output: the gradient of example x is
+    exactly (x, 1) (weight, bias) at any weights, so clipping can be checked against a hand computation."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.out = torch.nn.Linear(dim, 1)
+
+    def forward(self, x):
+        return self.out(x).squeeze(-1)
+
+
+def linear_loss(model, batch):
+    return model(batch["x"])
+
+
+def examples_with_norms(norms, dim: int) -> torch.Tensor:
+    """Rows x_i, random directions, such that the gradient (x_i, 1) has norm norms[i] exactly (up to fp32)."""
+    rng = np.random.default_rng(7)
+    rows = []
+    for n in norms:
+        u = rng.normal(size=dim)
+        rows.append(u / np.linalg.norm(u) * np.sqrt(n * n - 1.0))
+    return torch.tensor(np.array(rows), dtype=torch.float32)
+
+
+def replayed_noise(params, std: float) -> torch.Tensor:
+    """The noise DP-Adam draws from keyed(), replayed: one normal() per parameter, in the optimizer's order."""
+    stream = keyed()
+    return torch.cat([torch.from_numpy(stream.normal(tuple(p.shape), std)).flatten() for p in params]).float()
+
+
+def test_clipping_scales_each_example_to_exactly_c_and_noise_is_the_keyed_stream():
+    # Clipping is g * min(1, C / |g|): an example above C is scaled to norm C exactly in its own
+    # direction, one at or below C is left alone, and the step is (sum of clipped + keyed noise) / B.
+    # An upper bound alone would pass a clip to C/2 or a zeroed gradient; this pins the value.
+    dim, clip, sigma, expected = 4096, 4.0, 0.5, 8.0
+    norms = [3 * clip, 1.5 * clip, clip, 0.5 * clip, 1.0]  # the last is the bias alone (x = 0)
+    x = examples_with_norms(norms, dim)
+    grads = torch.cat([x, torch.ones(len(x), 1)], dim=1)  # (x_i, 1): weight then bias, the optimizer's order
+    torch.manual_seed(0)
+    base = Linear1(dim)
+    # the hand gradient is the model's true per-example gradient (plain autograd, no opacus)
+    for row, g in zip(x, grads):
+        base.zero_grad()
+        base(row[None]).sum().backward()
+        assert torch.allclose(torch.cat([p.grad.flatten() for p in base.parameters()]), g)
+    assert torch.allclose(grads.norm(dim=1), torch.tensor(norms), rtol=1e-6)
+    clipped = torch.stack([g * min(1.0, clip / n) for g, n in zip(grads, norms)])
+
+    def dp_adam(noise_multiplier):
+        dp = D.DPAdam(copy.deepcopy(base), lr=1e-3, noise_multiplier=noise_multiplier, clip_norm=clip,
+                      expected_batch_size=expected, noise=keyed())
+        seen = []
+        dp.optimizer.attach_step_hook(lambda o: seen.append(torch.cat([p.grad.flatten() for p in o.params]) * expected))
+        return dp, seen
+
+    # Each example alone (one row per logical step, no noise): the gradient is linear, so Adam's
+    # moves between steps leave it unchanged.
+    dp, seen = dp_adam(0.0)
+    for i in range(len(x)):
+        assert dp.step([{"x": x[i: i + 1]}], loss_fn=linear_loss).batch_size == 1
+        got, g = seen[i], grads[i]
+        if norms[i] > clip:
+            assert got.norm().item() == pytest.approx(clip, rel=1e-5), f"example {i}: |g| {norms[i]} -> {got.norm()}"
+            assert torch.allclose(got, g * (clip / g.norm()), rtol=1e-5, atol=1e-7), f"example {i} changed direction"
+        else:
+            assert torch.allclose(got, g, rtol=1e-5, atol=1e-7), f"example {i} (|g| {norms[i]} <= C) was altered"
+
+    # All five in one logical step of two micro-batches, with noise sigma C: the summed update is
+    # the hand sum of the clipped gradients plus the keyed noise, replayed, divided by B.
+    dp, seen = dp_adam(sigma)
+    micro = [{"x": x[:3]}, {"x": x[3:]}]
+    assert dp.step(micro, loss_fn=linear_loss).batch_size == len(x)
+    noise = replayed_noise(dp.optimizer.params, sigma * clip)
+    assert len(seen) == 1
+    assert torch.allclose(seen[0], clipped.sum(0) + noise, rtol=1e-5, atol=1e-5)
+    # the clipping is doing something here: the clipped sum is not the raw sum
+    assert (clipped.sum(0) - grads.sum(0)).norm() > clip
+
+    # An empty Poisson batch: the update is the noise alone, N(0, (sigma C)^2) per coordinate.
+    dp, seen = dp_adam(sigma)
+    assert dp.step([], loss_fn=linear_loss).batch_size == 0
+    assert torch.allclose(seen[0], replayed_noise(dp.optimizer.params, sigma * clip), rtol=1e-6, atol=1e-7)
+    assert seen[0].std().item() == pytest.approx(sigma * clip, rel=0.05)  # 4097 coordinates: ~1.1% sd
 
 
 def test_empty_poisson_batch_is_a_noise_only_step(lora):

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
 from pathlib import Path
 
 import pyarrow as pa
@@ -20,8 +21,9 @@ def test_shipped_pipeline_passes_and_classes_are_as_designed():
     problems, arts = lineage.check(REPO)
     assert problems == []
     assert arts["data/release/instructions.parquet"].privacy == "dp"
-    assert arts["data/release/instructions.parquet"].mechanisms == {"train_generator", "histogram"}
-    assert arts["data/generated/pool.parquet"].mechanisms == {"train_generator"}
+    assert arts["data/release/instructions.parquet"].mechanisms == {"dp_count@instructions", "train_generator",
+                                                                    "histogram"}
+    assert arts["data/generated/pool.parquet"].mechanisms == {"dp_count@instructions", "train_generator"}
     assert arts["data/embeddings/train.parquet"].privacy == "private"
     assert arts["data/prepared/public.parquet"].privacy == "public"
     # un-noised training curves stay private: only a mechanism's listed dp_outputs are dp
@@ -32,9 +34,10 @@ def test_shipped_pipeline_passes_and_classes_are_as_designed():
     # issue 17: the DP reward model is dp through its own mechanism; RLHF on the release or FLAN is
     # post-processing of DP outputs, on the real split it is private
     assert arts["data/models/dp_reward_model"].privacy == "dp"
-    assert arts["data/models/dp_reward_model"].mechanisms == {"dp_reward_model"}
+    assert arts["data/models/dp_reward_model"].mechanisms == {"dp_count@hh_rlhf", "dp_reward_model"}
     assert arts["data/models/gold_reward"].privacy == "private"
-    assert arts["data/adapters/rlhf/release"].mechanisms == {"dp_reward_model", "train_generator", "histogram"}
+    assert arts["data/adapters/rlhf/release"].mechanisms == {"dp_count@hh_rlhf", "dp_reward_model",
+                                                             "dp_count@instructions", "train_generator", "histogram"}
     assert arts["data/adapters/rlhf/flan"].privacy == "dp"
     assert arts["data/adapters/rlhf/real"].privacy == "private"
 
@@ -227,3 +230,68 @@ def test_the_report_states_each_datasets_guarantee_for_an_artifact_of_two():
                if line.startswith("| `data/adapters/rlhf/release`"))
     assert "hh_rlhf: " in row and "(dp_reward_model)" in row
     assert "instructions: " in row and "(histogram + train_generator)" in row
+
+
+def git(root, *args):
+    return subprocess.run(["git", "-C", str(root), "-c", "user.name=t", "-c", "user.email=t@example.org", *args],
+                          check=True, capture_output=True, text=True).stdout
+
+
+@pytest.fixture
+def git_project(tmp_path):
+    """A git repository with the project's .gitignore and two declared private inputs."""
+    root = tmp_path / "repo"
+    root.mkdir()
+    git(root, "init", "-q")
+    shutil.copy(REPO / ".gitignore", root / ".gitignore")
+    (root / "params.yaml").write_text(yaml.safe_dump({
+        "data": {"private_path": "data/raw/mine/instructions.jsonl", "public_path": "data/raw/flan/i.jsonl"},
+        "rl": {"data": {"private_path": "data/private/reviews.parquet"}}}))
+    for path in ("data/raw/mine/instructions.jsonl", "data/raw/flan/i.jsonl", "data/private/reviews.parquet"):
+        (root / path).parent.mkdir(parents=True, exist_ok=True)
+        (root / path).write_text("PRIVATE\n")
+    return root
+
+
+def test_a_private_input_tracked_by_git_is_refused(git_project):
+    root = git_project
+    git(root, "add", "-A")  # data/private/ is ignored: only the file under data/raw/ gets in
+    assert "data/private/reviews.parquet" not in git(root, "ls-files")
+    git(root, "commit", "-q", "-m", "data")
+    problems, _ = lineage.check(root, stages=[])
+    assert problems == [
+        "params.yaml data.private_path: the private input data/raw/mine/instructions.jsonl is tracked by git, so "
+        "every clone and push of the repository carries it: `git rm --cached data/raw/mine/instructions.jsonl`, "
+        "move it under data/private/ (git-ignored), `dvc add data/private/<file>` to track it with DVC, and point "
+        "data.private_path at it (only public data shipped in its place may be committed: a SOURCE.txt beside it "
+        "with the line 'privacy: public stand-in')"]
+    # a SOURCE.txt that does not declare the stand-in is no exception; one that does is
+    source = root / "data/raw/mine/SOURCE.txt"
+    source.write_text("mine: my users' instructions\nprivacy: private\n")
+    assert len(lineage.check(root, stages=[])[0]) == 1
+    source.write_text("demo: public prompts\n\nprivacy: public stand-in\nShipped in place of private data.\n")
+    assert lineage.check(root, stages=[])[0] == []
+
+
+def test_a_private_input_one_git_add_from_a_commit_is_refused(git_project):
+    root = git_project
+    problems, _ = lineage.check(root, stages=[])
+    assert problems == ["params.yaml data.private_path: the private input data/raw/mine/instructions.jsonl is not "
+                        "git-ignored, one `git add -A` from a commit: move it under data/private/ (git-ignored), "
+                        "`dvc add data/private/<file>` to track it with DVC, and point data.private_path at it"]
+    (root / "data/raw/mine/.gitignore").write_text("/instructions.jsonl\n")  # what `dvc add` writes
+    assert lineage.check(root, stages=[])[0] == []
+
+
+def test_data_private_is_git_ignored_but_its_dvc_pointers_are_not(git_project):
+    root = git_project
+    assert (REPO / "data/private/.gitkeep").is_file()
+    private = root / "data/private"
+    (private / "reviews.parquet.dvc").write_text("outs:\n- md5: 0\n  path: reviews.parquet\n")
+    (private / ".gitignore").write_text("/reviews.parquet\n")
+    (private / ".gitkeep").write_text("")
+    (private / "nested").mkdir()
+    (private / "nested/more.jsonl").write_text("PRIVATE\n")
+    git(root, "add", "-A")
+    staged = set(git(root, "ls-files", "data/private").split())
+    assert staged == {"data/private/.gitignore", "data/private/.gitkeep", "data/private/reviews.parquet.dvc"}

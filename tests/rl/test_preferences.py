@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from dpinstruct.io.errors import InputError
-from dpinstruct.rl.preferences import comparisons, read_pairs
+from dpinstruct.rl.preferences import comparisons, preference_parts, read_pairs
 
 REPO = Path(__file__).resolve().parents[2]
 SECRET = "my card number is 4111"
@@ -40,7 +40,6 @@ BAD = {
     "empty_side": ({"chosen": "  \n", "rejected": GOOD["rejected"]}, "line 2, field 'chosen': empty text", None),
     "identical_sides": ({"chosen": GOOD["rejected"], "rejected": GOOD["rejected"]},
                         "line 2, field 'rejected': identical to 'chosen'", None),
-    "repeated_pair": (GOOD, "line 2: the same comparison appears twice", None),
     "bad_utf8": (b'{"chosen": "\xff"}', "line 2: not valid UTF-8", None),
 }
 
@@ -74,6 +73,14 @@ def test_comparisons_keep_the_last_turn_and_drop_garbled_pairs(tmp_path):
     # the id is a function of the pair alone: the same pair elsewhere in another file has the same id
     again, _ = comparisons(read_pairs(write(tmp_path, [empty, GOOD], "other.jsonl.gz")))
     assert again.id.tolist() == pairs.id.tolist()
+
+
+def test_a_repeated_comparison_is_one_comparison(tmp_path):
+    # set semantics, not an error: a copy of a line changes nothing the parts hold
+    shares = {"reward": 0.8, "heldout": 0.2}
+    once, counts = preference_parts(read_pairs(write(tmp_path, [GOOD])), 0, shares)
+    twice, counts2 = preference_parts(read_pairs(write(tmp_path, [GOOD, GOOD], "twice.jsonl.gz")), 0, shares)
+    assert twice.equals(once) and counts2 == {**counts, "duplicates": 1} and counts["duplicates"] == 0
 
 
 def test_the_shipped_file_is_as_its_source_says():

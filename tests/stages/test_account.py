@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 
 import dp_accounting
@@ -17,17 +18,20 @@ from dpinstruct.privacy import ledger
 from stages import account
 
 Q, T, SIGMA, HIST, DELTA = 0.0334, 15, 0.56, 10.0, 1e-5
+COUNT = 20.0  # dp_count.sigma: every DP-SGD input's DP count is a Gaussian mechanism of its dataset
 
 
 IMDB = {"dp_sft": ("sft", 0.9, 0.005, 12), "dp_ppo": ("ppo", 0.8, 0.005, 10)}  # partition, sigma, q, steps
 
 
 HH = (0.92, 0.05, 400)  # the reward model's sigma, q, steps (dataset hh_rlhf, partition reward)
+COUNTS = {"dp_count@instructions": ("instructions", "all"), "dp_count@imdb_sft": ("imdb", "sft"),
+          "dp_count@imdb_ppo": ("imdb", "ppo"), "dp_count@hh_rlhf": ("hh_rlhf", "reward")}  # dataset, partition
+ALL = ("train_generator", "histogram", "dp_sft", "dp_ppo", "dp_reward_model", *COUNTS)
 
 
-def write_ledger(sigma=SIGMA, hist=HIST, delta=DELTA,
-                 stages=("train_generator", "histogram", "dp_sft", "dp_ppo", "dp_reward_model"),
-                 rl_delta=DELTA, ppo_partition="ppo"):
+def write_ledger(sigma=SIGMA, hist=HIST, delta=DELTA, stages=ALL, rl_delta=DELTA, ppo_partition="ppo", count=COUNT,
+                 secure_mode=False):
     Path("metrics/privacy").mkdir(parents=True, exist_ok=True)
     entries = {
         "train_generator": ledger.make_entry(stage="train_generator", mechanism="poisson_subsampled_gaussian",
@@ -47,8 +51,13 @@ def write_ledger(sigma=SIGMA, hist=HIST, delta=DELTA,
                                                    dataset="hh_rlhf", partition="reward", noise_multiplier=HH[0],
                                                    sampling_rate=HH[1], steps=HH[2], sensitivity=1.0, delta=DELTA,
                                                    event=acct.dp_sgd_event(*HH))
+    for name, (dataset, partition) in COUNTS.items():
+        entries[name] = ledger.make_entry(stage=name, mechanism="gaussian_count", dataset=dataset, partition=partition,
+                                          noise_multiplier=count, sampling_rate=1.0, steps=1, sensitivity=1.0,
+                                          delta=rl_delta if dataset == "imdb" else delta,
+                                          event=acct.histogram_event(count), noisy_count=1000.0)
     for name in stages:
-        Path(ledger.entry_path(name)).write_text(json.dumps(entries[name]))
+        Path(ledger.entry_path(name)).write_text(json.dumps({**entries[name], "secure_mode": secure_mode}))
 
 
 def run(epsilon=6.0, delta=DELTA, rl_epsilon=4.0, rlhf_epsilon=8.0):
@@ -63,15 +72,23 @@ def test_account_equals_independent_dp_accounting(tmp_path, monkeypatch):
     write_ledger()
     result = run()
     independent = pld_privacy_accountant.PLDAccountant(value_discretization_interval=1e-4)
+    # in the ledger's order (stage names sorted): PLD composition is exact up to float rounding, and
+    # another order moves epsilon by ~1e-12, enough to cross a 1e-9 rounding step
     independent.compose(dp_accounting.ComposedDpEvent([
-        dp_accounting.SelfComposedDpEvent(dp_accounting.PoissonSampledDpEvent(Q, dp_accounting.GaussianDpEvent(SIGMA)), T),
-        dp_accounting.GaussianDpEvent(HIST)]))
+        dp_accounting.GaussianDpEvent(COUNT), dp_accounting.GaussianDpEvent(HIST),
+        dp_accounting.SelfComposedDpEvent(dp_accounting.PoissonSampledDpEvent(Q, dp_accounting.GaussianDpEvent(SIGMA)), T)]))
     assert 0 <= result["epsilon"] - independent.get_epsilon(DELTA) <= 1e-9  # rounded up, never down
     assert abs(result["epsilon"] - result["epsilon_prv"]) < 0.05
-    # composing costs more than either part alone, and less than their sum (PLD is tighter than basic composition)
+    # composing costs more than any part alone, and less than their sum (PLD is tighter than basic composition)
     parts = result["stages"]
-    assert max(parts["train_generator"]["epsilon"], parts["histogram"]["epsilon"]) < result["epsilon"]
-    assert result["epsilon"] < parts["train_generator"]["epsilon"] + parts["histogram"]["epsilon"]
+    release = ("train_generator", "histogram", "dp_count@instructions")
+    assert max(parts[s]["epsilon"] for s in release) < result["epsilon"] < sum(parts[s]["epsilon"] for s in release)
+    # the DP count is not free: the release costs more with it than without it
+    without = pld_privacy_accountant.PLDAccountant(value_discretization_interval=1e-4)
+    without.compose(dp_accounting.ComposedDpEvent([
+        dp_accounting.SelfComposedDpEvent(dp_accounting.PoissonSampledDpEvent(Q, dp_accounting.GaussianDpEvent(SIGMA)), T),
+        dp_accounting.GaussianDpEvent(HIST)]))
+    assert result["epsilon"] > without.get_epsilon(DELTA)
     saved = json.loads(Path(account.OUT).read_text())
     assert saved == json.loads(json.dumps(result))
     for key in ("epsilon", "delta", "accountant", "epsilon_prv", "stages", "within_budget"):
@@ -105,15 +122,42 @@ def test_missing_and_stale_entries_are_refused(tmp_path, monkeypatch):
         run()
 
 
+@pytest.mark.parametrize("count", sorted(COUNTS))
+def test_a_missing_dp_count_is_refused(tmp_path, monkeypatch, count):
+    # each DP count is a mechanism of its dataset: a ledger without it would understate epsilon
+    monkeypatch.chdir(tmp_path)
+    write_ledger(stages=tuple(s for s in ALL if s != count))
+    with pytest.raises(PrivacyConfigError, match=r"expected ledger entries .*" + re.escape(f"'{count}'")):
+        run()
+    assert not Path(account.OUT).exists()
+
+
+def test_a_ledger_mixing_randomness_modes_is_refused(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    write_ledger(secure_mode=True)
+    assert run()["within_budget"]  # all secure: one mode
+    Path(account.OUT).unlink()
+    write_ledger(secure_mode=True, stages=("histogram",))
+    write_ledger(secure_mode=False, stages=tuple(s for s in ALL if s != "histogram"))
+    with pytest.raises(PrivacyConfigError, match=r"entries drew their randomness in different modes \(secure_mode per "
+                                                 r"stage: .*'histogram': True.*\); privacy\.secure_mode is one setting"):
+        run()
+    assert not Path(account.OUT).exists()
+
+
 def test_non_private_release(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     write_ledger(sigma=0.0, hist=0.0)
+    write_ledger(count=0.0, stages=("dp_count@instructions",))  # a non-private run counts exactly
     result = run(epsilon=math.inf)
     assert result["epsilon"] == "inf" and result["private"] is False and result["within_budget"] is True
 
 
-def independent_imdb(*stages):
+def independent_imdb(*stages, counts=1):
+    """One part of imdb: its DP-SGD stages and ``counts`` DP counts of COUNT."""
     accountant = pld_privacy_accountant.PLDAccountant(value_discretization_interval=1e-4)
+    for _ in range(counts):  # the ledger's order: dp_count@... sorts first
+        accountant.compose(dp_accounting.GaussianDpEvent(COUNT))
     for name in stages:
         _, sigma, q, steps = IMDB[name]
         accountant.compose(dp_accounting.SelfComposedDpEvent(
@@ -128,6 +172,8 @@ def test_one_guarantee_per_dataset_parallel_across_disjoint_parts(tmp_path, monk
     imdb = result["datasets"]["imdb"]
     assert imdb["epsilon"] == pytest.approx(max(independent_imdb("dp_sft"), independent_imdb("dp_ppo")), abs=1e-8)
     assert set(imdb["partitions"]) == {"sft", "ppo"} and imdb["budget"] == "rl.privacy"
+    assert imdb["partitions"]["sft"]["stages"] == ["dp_count@imdb_sft", "dp_sft"]
+    assert imdb["partitions"]["ppo"]["stages"] == ["dp_count@imdb_ppo", "dp_ppo"]
     # the release's guarantee does not move with the other dataset
     assert result["epsilon"] == result["datasets"]["instructions"]["epsilon"]
     assert result["stages"]["dp_ppo"]["dataset"] == "imdb" and result["stages"]["dp_ppo"]["partition"] == "ppo"
@@ -135,8 +181,10 @@ def test_one_guarantee_per_dataset_parallel_across_disjoint_parts(tmp_path, monk
 
 def test_a_shared_part_composes_sequentially_and_is_held_to_its_budget(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
+    # DP-PPO on DP-SFT's part composes with DP-SFT and that part's count (the ppo part keeps its count alone)
     write_ledger(ppo_partition="sft")
     both = independent_imdb("dp_sft", "dp_ppo")
+    assert both > independent_imdb()
     assert run(rl_epsilon=10.0)["datasets"]["imdb"]["epsilon"] == pytest.approx(both, abs=1e-8)
     with pytest.raises(PrivacyConfigError, match="dataset imdb: composed epsilon .* exceeds rl.privacy.epsilon"):
         run(rl_epsilon=both - 0.1)
@@ -150,19 +198,21 @@ def test_the_reward_models_dataset_has_its_own_guarantee_and_budget(tmp_path, mo
     result = run()
     hh = result["datasets"]["hh_rlhf"]
     independent = pld_privacy_accountant.PLDAccountant(value_discretization_interval=1e-4)
-    independent.compose(dp_accounting.SelfComposedDpEvent(
-        dp_accounting.PoissonSampledDpEvent(HH[1], dp_accounting.GaussianDpEvent(HH[0])), HH[2]))
+    independent.compose(dp_accounting.ComposedDpEvent([dp_accounting.GaussianDpEvent(COUNT),  # the ledger's order
+                                                       dp_accounting.SelfComposedDpEvent(
+        dp_accounting.PoissonSampledDpEvent(HH[1], dp_accounting.GaussianDpEvent(HH[0])), HH[2])]))
     assert 0 <= hh["epsilon"] - independent.get_epsilon(DELTA) <= 1e-9
     assert hh["budget"] == "rlhf.privacy" and set(hh["partitions"]) == {"reward"}
     assert result["stages"]["dp_reward_model"]["dataset"] == "hh_rlhf"
     assert result["epsilon"] == result["datasets"]["instructions"]["epsilon"]
-    assert result["datasets"]["instructions"]["partitions"]["all"]["stages"] == ["histogram", "train_generator"]
+    assert result["datasets"]["instructions"]["partitions"]["all"]["stages"] == [
+        "dp_count@instructions", "histogram", "train_generator"]
     with pytest.raises(PrivacyConfigError, match="dataset hh_rlhf: composed epsilon .* exceeds rlhf.privacy.epsilon"):
         write_ledger()
         run(rlhf_epsilon=hh["epsilon"] - 0.1)
     for p in Path("metrics/privacy").glob("dp_reward_model.json"):
         p.unlink()
-    with pytest.raises(PrivacyConfigError, match="expected ledger entries .*'hh_rlhf': \\[\\]"):
+    with pytest.raises(PrivacyConfigError, match="expected ledger entries .*'hh_rlhf': \\['dp_count@hh_rlhf'\\]"):
         run()
 
 
@@ -176,7 +226,7 @@ def test_user_level_entries_compose_and_say_so_and_mixed_relations_are_refused(t
     monkeypatch.chdir(tmp_path)
     write_ledger()
     record = run()
-    for stage in ("train_generator", "histogram"):
+    for stage in ("train_generator", "histogram", "dp_count@instructions"):
         set_neighbouring(stage, "add_or_remove_one_user")
     user = run()
     # the same events over users: the same epsilon, now stated for a user; other datasets unchanged

@@ -17,7 +17,7 @@ from dpinstruct.io.artifacts import Outputs, read_metadata, table_metadata, writ
 from dpinstruct.io.errors import InputError
 from dpinstruct.models import dp_generator
 from dpinstruct.privacy import accounting as acct
-from dpinstruct.privacy import ledger
+from dpinstruct.privacy import dp_count, ledger
 from stages import account, cluster, embed, evaluate, histogram, prepare, prepare_public, resample
 
 
@@ -29,13 +29,14 @@ def step(fn, *args):
 def test_release_from_real_data(project, embedder_dir):
     os.symlink(embedder_dir, "data/models/embedder")
     p = project.params
-    p["prepare"].update(train_size=200, val_size=20, test_size=60)
+    project.use_private_rows(300, test_share=0.2, val_share=0.07)  # about 200 train, 24 val, 58 test rows
     p["prepare_public"].update(size=300)
     p["evaluate"].update(sample_size=50, repeats=2, nredo=1)
     p["cluster"].update(k=6, niter=20, nredo=1)
     p["privacy"].update(epsilon=6.0, delta=1e-3)
     project.save()
     step(prepare.prepare, p)
+    count = project.dp_count("instructions")  # N~ of the train split: the histogram and the plan read it
     step(prepare_public.prepare_public, p)
     public = pa.Table.from_pandas(pd.read_parquet("data/prepared/public.parquet")[["id", "instruction"]])
     Path("data/generated").mkdir(parents=True)
@@ -48,7 +49,9 @@ def test_release_from_real_data(project, embedder_dir):
     for name in ("pool", "base", "train", "test", "public"):
         step(lambda params, out, n=name: embed.embed(n, params, out), p)
     step(cluster.cluster, p)
-    plan = dp_generator.plan(p, 200)  # the generator's ledger entry as the stage would write it
+    noisy_count, count_component, _ = dp_count.read("instructions")
+    assert noisy_count == count["noisy_count"] and count_component == (p["dp_count"]["sigma"], 1.0, 1)
+    plan = dp_generator.plan(p, noisy_count, count_component)  # the generator's ledger entry as the stage would write it
     entry = ledger.make_entry(stage="train_generator", mechanism="poisson_subsampled_gaussian", dataset="instructions",
                               partition="all",
                               noise_multiplier=plan.noise_multiplier, sampling_rate=plan.sampling_rate, steps=plan.steps,
@@ -65,6 +68,13 @@ def test_release_from_real_data(project, embedder_dir):
                            noise_multiplier=1.0, sampling_rate=0.05, steps=100, sensitivity=1.0,
                            delta=p["rlhf"]["privacy"]["delta"], event=acct.dp_sgd_event(1.0, 0.05, 100))
     Path(ledger.entry_path("dp_reward_model")).write_text(json.dumps(hh))
+    for name, dataset, part, delta in (("imdb_sft", "imdb", "sft", p["rl"]["privacy"]["delta"]),
+                                       ("imdb_ppo", "imdb", "ppo", p["rl"]["privacy"]["delta"]),
+                                       ("hh_rlhf", "hh_rlhf", "reward", p["rlhf"]["privacy"]["delta"])):
+        other = ledger.make_entry(stage=f"dp_count@{name}", mechanism="gaussian_count", dataset=dataset, partition=part,
+                                  noise_multiplier=20.0, sampling_rate=1.0, steps=1, sensitivity=1.0, delta=delta,
+                                  event=acct.histogram_event(20.0), noisy_count=1000.0)
+        Path(dp_count.entry_path(name)).write_text(json.dumps(other))
     step(histogram.histogram, p)
     metrics = step(resample.resample, p)
     result = step(account.account, p)
@@ -74,9 +84,12 @@ def test_release_from_real_data(project, embedder_dir):
     assert set(release.id) <= set(public.column("id").to_pylist())
     assert read_metadata(resample.RELEASE)["privacy"] == "dp"
     assert metrics["released"] == len(release) and metrics["clusters"] == 6
-    # The plan calibrated the generator for the composed budget: account confirms it.
+    # The plan calibrated the generator for the composed budget (with the histogram and the DP
+    # count): account, composing the three ledger entries, confirms it.
     assert result["epsilon"] <= 6.0 and result["epsilon_prv"] <= 6.0
     assert abs(result["epsilon"] - plan.composed_epsilon) < 0.02
+    assert result["datasets"]["instructions"]["partitions"]["all"]["stages"] == [
+        "dp_count@instructions", "histogram", "train_generator"]
     assert read_metadata("data/embeddings/train.parquet")["privacy"] == "private"
     for report in ("cluster/pool_assignments", "histogram/noisy_histogram", "resample/instructions"):
         assert json.loads(Path(f"metrics/quality/{report}.json").read_text())["success"]
@@ -111,7 +124,8 @@ def test_release_from_real_data(project, embedder_dir):
     assert saved["yield"]["base"]["mean"] == 0.125 and saved["yield"]["base"]["hi"] < saved["yield"]["pool"]["lo"]
     assert list(pd.read_csv(evaluate.MAUVE_PLOT).set) == ["train", "public", "base", "pool", "release"]
 
-    assert saved["reference"] == {"set": "test", "rows": 60, "mauve_sample": 50}
+    assert saved["reference"] == {"set": "test", "rows": len(pd.read_parquet("data/prepared/test.parquet")),
+                                  "mauve_sample": 50}
     shares = pd.read_csv(evaluate.CLUSTER_PLOT)
     assert list(shares.columns) == ["cluster", "test", "pool", "release", "dp_histogram"] and len(shares) == 6
     assert shares[["test", "pool", "release", "dp_histogram"]].sum().round(3).eq(1).all()

@@ -18,6 +18,7 @@ from dpinstruct.models import sampler
 from dpinstruct.models.lora import merged_model
 from stages import generate as stage
 from stages import generate_base, prepare, train_generator, val_nll
+from tests.conftest import run_dp_count, use_private_rows
 
 REPO = Path(__file__).resolve().parents[2]
 SMALL = {"n": 20, "batch_size": 8, "max_new_tokens": 16, "drop_truncated": False}
@@ -25,7 +26,7 @@ SMALL = {"n": 20, "batch_size": 8, "max_new_tokens": 16, "drop_truncated": False
 
 @pytest.fixture(scope="module")
 def trained_adapter(tmp_path_factory, generator_dir, repo_params) -> Path:
-    """A DP adapter trained for 3 steps on 24 shipped private rows (the real train_generator)."""
+    """A DP adapter trained for 3 steps on 25 shipped private rows (the real train_generator)."""
     return train_adapter(tmp_path_factory, generator_dir, repo_params)
 
 
@@ -35,14 +36,16 @@ def train_adapter(tmp_path_factory, generator_dir, repo_params) -> Path:
     (root / "data/raw").symlink_to(REPO / "data/raw")
     (root / "data/models/generator").symlink_to(generator_dir)
     params = yaml.safe_load(yaml.safe_dump(repo_params))
-    params["prepare"].update(train_size=24, val_size=10, test_size=10)
+    use_private_rows(root, params, 40)  # 25 train rows, 6 val rows
     params["privacy"].update(epsilon=6.0, delta=1e-3)
-    params["train_generator"].update(sampling_rate=1 / 3, expected_batch_size=8, epochs=1.0, checkpoint_every=10, micro_batch_tokens=256)
+    params["dp_count"]["sigma"] = 4.0  # N~ near the 25 rows: the divisor q x N~ is a real batch
+    params["train_generator"].update(sampling_rate=1 / 3, epochs=1.0, checkpoint_every=10, micro_batch_tokens=256)
     cwd = os.getcwd()
     os.chdir(root)
     try:
         with Outputs() as out:
             prepare.prepare(params, out)
+        run_dp_count("instructions", params)
         with Outputs() as out:
             train_generator.train(params, out)
     finally:

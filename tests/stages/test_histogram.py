@@ -19,9 +19,11 @@ from dpinstruct.io.artifacts import Outputs, read_metadata, table_metadata, writ
 from dpinstruct.io.errors import PrivacyConfigError
 from dpinstruct.privacy import histogram as mechanism
 from stages import cluster, histogram
+from tests.conftest import run_dp_count
 
 REPO = Path(__file__).resolve().parents[2]
 PARAMS = {"privacy": {"epsilon": 6.0, "delta": 1e-5, "secure_mode": False}, "histogram": {"sigma": 10.0},
+          "dp_count": {"sigma": 20.0},
           "cluster": {"explained_variance": 0.9, "k": 8, "niter": 20, "nredo": 1, "seed": 0,
                       "max_points_per_centroid": 256}}
 
@@ -75,8 +77,11 @@ def write_train(n, users=None):
 
 
 def run_histogram(params, users=None):
+    """The train split's embeddings and users, their DP count (dp_count@instructions, which the
+    stage reads), then the stage."""
     write_embeddings(histogram.TRAIN_EMBEDDINGS, 300, 1, "private")
     write_train(300, users)
+    run_dp_count("instructions", params)
     with Outputs() as out:
         return histogram.histogram(params, out)
 
@@ -144,10 +149,51 @@ def test_the_key_is_in_no_output(fitted, monkeypatch, tmp_path_factory):
 
 
 @pytest.mark.parametrize("change,match", [({"histogram": {"sigma": 0.0}}, "sigma must be > 0"),
-                                          ({"privacy": {"epsilon": 6.0, "delta": 0.01}}, "delta")])
+                                          ({"privacy": {"epsilon": 6.0, "delta": 0.01}},
+                                           r"delta=0.01 must be in \(0, 1/N\) .* for the DP count N~=")])
 def test_unsafe_settings_are_refused_before_counting(fitted, change, match):
     with pytest.raises(PrivacyConfigError, match=match):
         run_histogram({**PARAMS, **change})
+    assert not histogram.NOISY.exists() and not Path("metrics/privacy/histogram.json").exists()
+
+
+def test_the_delta_check_uses_the_dp_count_not_n(fitted):
+    # delta 1/250 is refused for N~ > 250 and accepted for N~ < 250 with the same 300 records: the
+    # decision reads the published DP count, never the exact N
+    params = yaml.safe_load(yaml.safe_dump(PARAMS))
+    params["privacy"]["delta"] = 1 / 250
+    write_embeddings(histogram.TRAIN_EMBEDDINGS, 300, 1, "private")
+    write_train(300)
+    entry = run_dp_count("instructions", params)  # the real entry; then N~ on either side of 250 by hand
+    count = Path("metrics/privacy/dp_count@instructions.json")
+    for noisy, refused in ((320.0, True), (200.0, False)):
+        count.write_text(json.dumps({**entry, "noisy_count": noisy}))
+        if refused:
+            with pytest.raises(PrivacyConfigError, match=r"N~=320\.0"), Outputs() as out:
+                histogram.histogram(params, out)
+        else:
+            with Outputs() as out:
+                assert histogram.histogram(params, out)["delta"] == 1 / 250
+
+
+def test_the_noise_follows_the_dp_count_entry(fitted):
+    # the count entry is an input of the stage: another N~ (same records, same key) draws other noise
+    run_histogram(PARAMS)
+    first = histogram_bytes()[0]
+    count = Path("metrics/privacy/dp_count@instructions.json")
+    entry = json.loads(count.read_text())
+    count.write_text(json.dumps({**entry, "noisy_count": entry["noisy_count"] + 1.0}))
+    with Outputs() as out:
+        histogram.histogram(PARAMS, out)
+    assert histogram_bytes()[0] != first
+
+
+def test_a_missing_dp_count_is_refused_and_nothing_written(fitted):
+    write_embeddings(histogram.TRAIN_EMBEDDINGS, 300, 1, "private")
+    write_train(300)
+    with pytest.raises(FileNotFoundError, match=r"dp_count@instructions.json: the DP count of instructions is "
+                                                r"missing \(dvc repro dp_count@instructions\)"), Outputs() as out:
+        histogram.histogram(PARAMS, out)
     assert not histogram.NOISY.exists()
 
 
@@ -182,10 +228,11 @@ def test_user_level_histogram_gives_each_user_one_vote_and_says_so(fitted):
 
 
 def test_user_level_delta_is_checked_against_the_number_of_users(fitted):
-    # the unit is the user, so delta must be below 1/(users): 0.01 is too large for 300 records
-    # but fine for 60 users, and too large again for 150 users
+    # the unit is the user, so delta must be below 1/(users) by the DP count of the users: 0.01 is
+    # too large for 300 records but fine for 60 users, and too large again for 150 users
     loose = yaml.safe_load(yaml.safe_dump(PARAMS))
     loose["privacy"]["delta"] = 0.01
+    loose["dp_count"]["sigma"] = 5.0  # N~ within 4 sds of N: 1/N~ vs 0.01 is decided by N alone here
     with pytest.raises(PrivacyConfigError, match="delta"):
         run_histogram(loose)
     assert run_histogram(loose, [f"u{i % 60}" for i in range(300)])["delta"] == 0.01

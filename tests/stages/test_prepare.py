@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 
 import pandas as pd
 import pyarrow.parquet as pq
@@ -10,6 +11,7 @@ import pytest
 
 from dpinstruct.io.artifacts import Outputs, read_metadata
 from dpinstruct.io.errors import PipelineError
+from dpinstruct.text import splits
 from stages import prepare as stage
 
 PRIVATE_SPLITS = ("train", "val", "test")
@@ -33,8 +35,11 @@ def test_shipped_data_counts_and_disjoint_splits(project):
     assert priv["read"] - dropped == priv["kept"]
     assert priv["exact_duplicate"] > 0  # the shipped set has case/whitespace near-duplicates
     cfg = project.params["prepare"]
-    assert (priv["test"], priv["val"]) == (cfg["test_size"], cfg["val_size"])
-    assert priv["train"] == priv["kept"] - cfg["test_size"] - cfg["val_size"]
+    assert priv["train"] + priv["val"] + priv["test"] == priv["kept"]  # every kept row lands in one split
+    # Splits are expected shares of the units (here every unit is one row): each within 4 binomial sds.
+    for name, share in (("test", cfg["test_share"]), ("val", cfg["val_share"]),
+                        ("train", 1 - cfg["test_share"] - cfg["val_share"])):
+        assert abs(priv[name] - share * priv["kept"]) <= 4 * math.sqrt(priv["kept"] * share * (1 - share)), name
 
     tables = {s: pd.read_parquet(stage.OUT[s]) for s in PRIVATE_SPLITS}
     for s in PRIVATE_SPLITS:
@@ -84,16 +89,86 @@ def test_public_set_has_its_own_stage_that_never_reads_the_private_file(project)
 
 
 def test_user_level_split_keeps_a_user_in_one_split(project):
-    rows = [{"id": f"r{i}", "user_id": f"u{i % 7}", "instruction": f"Question number {i} about topic {i * 13}?"}
-            for i in range(60)]
+    rows = [{"id": f"r{i}", "user_id": f"u{i % 30}", "instruction": f"Question number {i} about topic {i * 13}?"}
+            for i in range(120)]
     path = project.root / "users.csv"
     pd.DataFrame(rows).to_csv(path, index=False)
     project.params["data"]["private_path"] = str(path)
-    project.params["prepare"].update(test_size=10, val_size=10)
+    project.params["prepare"].update(test_share=0.25, val_share=0.25)
     run(project)
-    users = {s: set(pd.read_parquet(stage.OUT[s]).user_id) for s in PRIVATE_SPLITS}
+    tables = {s: pd.read_parquet(stage.OUT[s]) for s in PRIVATE_SPLITS}
+    users = {s: set(tables[s].user_id) for s in PRIVATE_SPLITS}
     assert not (users["train"] & users["val"]) and not (users["train"] & users["test"]) and not (users["val"] & users["test"])
-    assert sum(len(pd.read_parquet(stage.OUT[s])) for s in PRIVATE_SPLITS) == 60
+    assert sum(len(t) for t in tables.values()) == 120
+    # each user goes by the hash of its key alone: all 4 rows of every user, in the split of its unit
+    for s, table in tables.items():
+        assert (table.groupby("user_id").size() == 4).all()
+        assert {splits.partition_of(f"user:{u}", 0, splits.split_shares(0.25, 0.25)) for u in users[s]} == {s}
+
+
+def jsonl_rows(path, records):
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    return path
+
+
+def splits_by_id(project) -> dict[str, set]:
+    run(project)
+    return {s: set(pd.read_parquet(stage.OUT[s]).id) for s in PRIVATE_SPLITS}
+
+
+def test_one_row_more_or_less_moves_that_row_only(project):
+    # 1-stability (dpinstruct.privacy): the splits of a file with one row removed are the splits of
+    # the full file minus that row, whatever its position (a permutation filling fixed sizes moved
+    # hundreds of others), and the same for one user removed with all their rows.
+    lines = (project.root / "data/raw/chatbot_arena/instructions.jsonl").read_text().splitlines(keepends=True)[:300]
+    path = project.root / "data/private/part.jsonl"
+    path.parent.mkdir(parents=True)
+    project.params["data"]["private_path"] = str(path)
+    project.params["prepare"].update(test_share=0.3, val_share=0.3)  # 25 users below fill every split
+    path.write_text("".join(lines))
+    full = splits_by_id(project)
+    assert all(len(full[s]) >= 10 for s in PRIVATE_SPLITS)
+    for drop in (0, 150, 299):
+        removed = json.loads(lines[drop])["id"]
+        path.write_text("".join(lines[:drop] + lines[drop + 1:]))
+        assert splits_by_id(project) == {s: full[s] - {removed} for s in PRIVATE_SPLITS}
+    # users: removing user u3's rows removes exactly them from the one split they were in
+    records = [{"id": f"r{i}", "user_id": f"u{i % 25}", "instruction": f"Ask {i} things about item {i * 7} now"}
+               for i in range(100)]
+    jsonl_rows(path, records)
+    full = splits_by_id(project)
+    jsonl_rows(path, [r for r in records if r["user_id"] != "u3"])
+    gone = {r["id"] for r in records if r["user_id"] == "u3"}
+    assert splits_by_id(project) == {s: full[s] - gone for s in PRIVATE_SPLITS}
+
+
+def test_dedup_is_per_unit_on_the_private_file(project):
+    same = "Please explain in simple words how the moon changes its shape every single month for kids"
+    records = [
+        # rows without a user: exact duplicates are one unit (a set), kept as the smallest id, wherever it sits
+        {"id": "b", "instruction": "What is a good name for a cat?"},
+        {"id": "a", "instruction": "what is  a GOOD name for a cat?"},
+        # ... but rows of different units sharing a 10-gram are all kept (the cross-row rule is not stable)
+        {"id": "c", "instruction": same + " please"},
+        {"id": "d", "instruction": same + " today"},
+        # one user's rows are deduplicated within the user, exact and by n-gram
+        {"id": "u1", "user_id": "x", "instruction": same + " now"},
+        {"id": "u2", "user_id": "x", "instruction": same + " again"},
+        {"id": "u3", "user_id": "x", "instruction": "Completely unrelated question about trains?"},
+        # another user's copy of x's row is that user's own unit: kept
+        {"id": "v1", "user_id": "y", "instruction": same + " now"},
+    ] + [{"id": f"z{i}", "instruction": f"Filler question {i} about subject {i * 3}?"} for i in range(60)]
+    jsonl_rows(project.root / "dedup.jsonl", records)
+    project.params["data"]["private_path"] = str(project.root / "dedup.jsonl")
+    project.params["prepare"].update(test_share=0.2, val_share=0.2)
+    priv = run(project)["private"]
+    assert (priv["exact_duplicate"], priv["ngram_duplicate"], priv["kept"]) == (1, 1, 66)
+    kept = set().union(*(pd.read_parquet(stage.OUT[s]).id for s in PRIVATE_SPLITS))
+    assert {"a", "c", "d", "u1", "u3", "v1"} <= kept and not {"b", "u2"} & kept
+    # the row kept for a text is the smallest id whatever the file order
+    jsonl_rows(project.root / "dedup.jsonl", records[1::-1] + records[2:])
+    run(project)
+    assert set().union(*(pd.read_parquet(stage.OUT[s]).id for s in PRIVATE_SPLITS)) == kept
 
 
 GOOD = '{"id": "a", "instruction": "How do I bake bread at home?"}\n'
@@ -124,12 +199,13 @@ def test_bad_input_names_the_spot_and_leaves_no_output(project, case):
 
 
 def test_too_few_rows_for_the_split_is_refused(project):
+    # two units cannot fill three splits: one comes out empty, whatever the hash does
     path = project.root / "small.jsonl"
-    path.write_text("".join(json.dumps({"instruction": f"Distinct question {i} on subject {i}"}) + "\n" for i in range(20)))
+    path.write_text("".join(json.dumps({"instruction": f"Distinct question {i} on subject {i}"}) + "\n" for i in range(2)))
     project.params["data"]["private_path"] = str(path)
-    with pytest.raises(PipelineError, match="not enough for the split sizes"):
+    with pytest.raises(PipelineError, match=r"only 2 instructions after filtering: the \[.*\] split\(s\) came out empty"):
         run(project)
-    assert project.files("data/prepared") == []
+    assert project.files("data/prepared") == [] and project.files("metrics") == []
 
 
 def test_main_exits_cleanly_on_bad_input(project, capsys):

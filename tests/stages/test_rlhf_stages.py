@@ -1,12 +1,15 @@
 """Task (ii) end to end at toy size on shipped preference pairs and the real models: prepare, the
-embedder's features, the DP reward model (ledger entry of its own dataset), the non-private reference
-and gold models, RLHF-PPO on each prompt source, account across datasets, the evaluation; and the
-inputs and settings the stages refuse."""
+embedder's features, the reward part's DP count, the DP reward model (ledger entry of its own
+dataset), the non-private reference and gold models, RLHF-PPO on each prompt source, account across
+datasets, the evaluation; the part's size reaching the ledger only through its DP count; the one
+randomness setting (privacy.secure_mode / key) reaching the DP reward model; and the inputs and
+settings the stages refuse."""
 from __future__ import annotations
 
 import gzip
 import json
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -19,11 +22,15 @@ import yaml
 from dpinstruct.io.artifacts import Outputs, table_metadata, write_parquet
 from dpinstruct.io.errors import ConfigError, InputError, PrivacyConfigError
 from dpinstruct.privacy import accounting as acct
-from dpinstruct.privacy import ledger
+from dpinstruct.privacy import dp_count, ledger
+from dpinstruct.privacy.randomness import DPRandom
 from dpinstruct.rl import bradley_terry as bt
 from stages import account, dp_reward_model, evaluate_rlhf, hh_prepare, preference_features, reward_models, rlhf_ppo
+from tests.conftest import run_dp_count
 
 REPO = Path(__file__).resolve().parents[2]
+COUNT = "hh_rlhf"  # the DP count of the reward part (stage dp_count@hh_rlhf)
+COUNT_SIGMA = 4.0  # dp_count.sigma here: N~ stays near the ~70 reward comparisons, so q x N~ is a real batch
 INSTRUCTIONS = pa.schema([pa.field("id", pa.string()), pa.field("instruction", pa.string())])
 
 
@@ -45,9 +52,7 @@ def project(tmp_path, monkeypatch, generator_dir, embedder_dir, repo_params):
     os.symlink(generator_dir, "data/models/generator")
     os.symlink(embedder_dir, "data/models/embedder")
     Path("data/raw/hh_rlhf").mkdir(parents=True)
-    with gzip.open(REPO / "data/raw/hh_rlhf/pairs.jsonl.gz", "rt") as f, \
-            gzip.open("data/raw/hh_rlhf/pairs.jsonl.gz", "wt") as g:
-        g.writelines(line for _, line in zip(range(90), f))
+    raw_pairs(90)
     flan = [json.loads(line)["instruction"] for line in (REPO / "data/raw/flan_v2_cot/instructions.jsonl").open()][:40]
     flan = [t for t in flan if len(t) < 200]
     for path, texts, privacy in (("data/release/instructions.parquet", flan[0:6], "dp"),
@@ -57,20 +62,45 @@ def project(tmp_path, monkeypatch, generator_dir, embedder_dir, repo_params):
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         instruction_set(path, texts, privacy)
     params = yaml.safe_load(yaml.safe_dump(repo_params))
+    params["dp_count"]["sigma"] = COUNT_SIGMA
     rlhf = params["rlhf"]
     rlhf["privacy"].update(epsilon=8.0, delta=1e-3)
-    rlhf["dp_reward_model"].update(sampling_rate=0.2, steps=6, expected_batch_size=14, checkpoint_every=2)
+    # no batch size: the divisor of each step's noisy sum is q x N~ of the reward part's DP count
+    rlhf["dp_reward_model"].update(sampling_rate=0.2, steps=6, checkpoint_every=2)
     rlhf["rlhf_ppo"].update(steps=1, prompts_per_step=2, new_tokens=4, max_prompt_tokens=128)
     rlhf["evaluate_rlhf"].update(rows=4, bootstrap=100)
     return params
 
 
-def other_datasets_ledger():
+def raw_pairs(n: int) -> None:
+    """The first n shipped preference pairs as this project's raw file."""
+    with gzip.open(REPO / "data/raw/hh_rlhf/pairs.jsonl.gz", "rt") as f, \
+            gzip.open("data/raw/hh_rlhf/pairs.jsonl.gz", "wt") as g:
+        g.writelines(line for _, line in zip(range(n), f))
+
+
+def features(params) -> dict:
+    """hh_prepare, preference_features and the reward part's DP count (dp_count@hh_rlhf), as dvc
+    repro runs them before the DP reward model: the count's entry."""
+    run(hh_prepare.hh_prepare, params)
+    run(preference_features.preference_features, params)
+    return run_dp_count(COUNT, params)
+
+
+def reward_part_size() -> int:
+    """The exact number of comparisons in the reward part (private: what the ledger must not reveal)."""
+    return int((pd.read_parquet(preference_features.OUT, columns=["partition"]).partition == "reward").sum())
+
+
+def other_datasets_ledger(secure_mode: bool = False):
+    """The other datasets' entries, their DP counts included, drawn in the randomness mode ``secure_mode``."""
     for name, dataset, part in (("train_generator", "instructions", "all"), ("histogram", "instructions", "all"),
-                                ("dp_sft", "imdb", "sft"), ("dp_ppo", "imdb", "ppo")):
+                                ("dp_count@instructions", "instructions", "all"), ("dp_sft", "imdb", "sft"),
+                                ("dp_ppo", "imdb", "ppo"), ("dp_count@imdb_sft", "imdb", "sft"),
+                                ("dp_count@imdb_ppo", "imdb", "ppo")):
         entry = ledger.make_entry(stage=name, mechanism="m", dataset=dataset, partition=part, noise_multiplier=1.0,
                                   sampling_rate=0.05, steps=10, sensitivity=1.0, delta=1e-5,
-                                  event=acct.dp_sgd_event(1.0, 0.05, 10))
+                                  event=acct.dp_sgd_event(1.0, 0.05, 10), secure_mode=secure_mode)
         Path(ledger.entry_path(name)).write_text(json.dumps(entry))
 
 
@@ -79,8 +109,10 @@ def test_the_rlhf_pipeline_end_to_end(project, monkeypatch):
     assert counts["read"] == 90 and counts["reward"] + counts["heldout"] + counts["context_differs"] \
         + counts["empty_answer"] == 90
     assert run(preference_features.preference_features, project) == counts["reward"] + counts["heldout"]
-    features = pd.read_parquet(preference_features.OUT)
-    assert np.allclose(np.linalg.norm(np.stack(features.chosen.to_numpy()), axis=1), 1, atol=1e-5)
+    table = pd.read_parquet(preference_features.OUT)
+    assert np.allclose(np.linalg.norm(np.stack(table.chosen.to_numpy()), axis=1), 1, atol=1e-5)
+    count = run_dp_count(COUNT, project)
+    assert count["dataset"] == "hh_rlhf" and count["partition"] == "reward" and count["noise_multiplier"] == COUNT_SIGMA
     seen = []
     real = bt.train_head
     monkeypatch.setattr(bt, "train_head", lambda dp, deltas, *a, **k: seen.append(len(deltas)) or real(dp, deltas, *a, **k))
@@ -89,6 +121,7 @@ def test_the_rlhf_pipeline_end_to_end(project, monkeypatch):
     assert entry["dataset"] == "hh_rlhf" and entry["partition"] == "reward" and entry["private"]
     assert entry["privacy_unit"].startswith("one comparison") and entry["epsilon"] <= 8.0
     assert entry["sampling_rate"] == 0.2 and entry["steps"] == 6
+    assert entry["plan"]["expected_batch_size"] == pytest.approx(0.2 * count["noisy_count"])  # q x N~
     run(reward_models.reward_models, project)
     for source in ("release", "real", "flan"):
         run(rlhf_ppo.rlhf_ppo, source, project)
@@ -98,8 +131,11 @@ def test_the_rlhf_pipeline_end_to_end(project, monkeypatch):
     project["privacy"].update(epsilon=10.0, delta=1e-5)
     project["rl"]["privacy"].update(epsilon=10.0, delta=1e-5)
     privacy = run(account.account, project)
-    assert privacy["datasets"]["hh_rlhf"]["epsilon"] == entry["epsilon"]
-    assert privacy["datasets"]["hh_rlhf"]["partitions"]["reward"]["stages"] == ["dp_reward_model"]
+    hh = privacy["datasets"]["hh_rlhf"]
+    # the part composes its count with the model, which was calibrated with the count as its prior
+    assert hh["partitions"]["reward"]["stages"] == ["dp_count@hh_rlhf", "dp_reward_model"]
+    assert hh["epsilon"] == pytest.approx(entry["plan"]["composed_epsilon"], abs=1e-6)
+    assert entry["epsilon"] < hh["epsilon"] <= 8.0
     result = run(evaluate_rlhf.evaluate_rlhf, project)
     saved = json.loads(Path(evaluate_rlhf.METRICS).read_text())
     assert set(saved["gold_reward"]) == {"base", "release", "real", "flan"}
@@ -111,7 +147,7 @@ def test_the_rlhf_pipeline_end_to_end(project, monkeypatch):
     for name in ("dp_reward_model", "reward_model", "gold_reward_model"):
         assert 0 <= saved[name]["accuracy"] <= 1
         assert saved[name]["interval"]["n"] == counts["heldout"]
-    assert saved["epsilon"]["hh_rlhf"]["epsilon"] == entry["epsilon"] and result["rows"] == 4
+    assert saved["epsilon"]["hh_rlhf"]["epsilon"] == hh["epsilon"] and result["rows"] == 4
     assert pd.read_csv(evaluate_rlhf.PLOT).policy.tolist() == ["base", "release", "real", "flan"]
 
 
@@ -127,10 +163,16 @@ def test_unsafe_or_unusable_settings_are_refused(project):
     with pytest.raises(ConfigError, match="rlhf.data.heldout_share"):
         run(hh_prepare.hh_prepare, {**project, "rlhf": {**project["rlhf"], "data": {**project["rlhf"]["data"],
                                                                                     "heldout_share": 1.0}}})
-    run(hh_prepare.hh_prepare, project)
-    run(preference_features.preference_features, project)
+    noisy = features(project)["noisy_count"]
     project["rlhf"]["privacy"].update(delta=0.5)  # delta >= 1/N would allow releasing a comparison in the clear
-    with pytest.raises(PrivacyConfigError, match=r"rlhf.privacy.delta=0.5 must be in \(0, 1/N\)"):
+    # refused by the DP count N~ (an exact N would make the refusal itself depend on N)
+    with pytest.raises(PrivacyConfigError, match=r"rlhf.privacy.delta=0.5 must be in \(0, 1/N\) .* for the DP count "
+                                                 + re.escape(f"N~={noisy:.1f} ")):
+        run(dp_reward_model.dp_reward_model, project)
+    assert not Path(dp_reward_model.MODEL_DIR).exists()
+    project["rlhf"]["privacy"].update(delta=1e-3)
+    Path(dp_count.entry_path(COUNT)).unlink()  # without the part's DP count the stage does not run (it would need N)
+    with pytest.raises(FileNotFoundError, match=r"dp_count@hh_rlhf.json: the DP count of hh_rlhf is missing"):
         run(dp_reward_model.dp_reward_model, project)
     assert not Path(dp_reward_model.MODEL_DIR).exists()
     with pytest.raises(ConfigError, match="unknown prompt source 'judge'"):
@@ -143,8 +185,7 @@ def test_unsafe_or_unusable_settings_are_refused(project):
 def test_the_dp_reward_model_replays_with_the_key_and_not_without_it(project, monkeypatch, tmp_path):
     # An attacker holds the features' digest, params.yaml and the code; without the key the model's
     # Poisson draws and noise cannot be replayed (so they cannot be subtracted from the weights).
-    run(hh_prepare.hh_prepare, project)
-    run(preference_features.preference_features, project)
+    features(project)
     weights = []
     for key in ("a", "a", "b"):
         monkeypatch.setenv("DPINSTRUCT_KEY_FILE", str(tmp_path / f"key-{key}"))
@@ -153,3 +194,94 @@ def test_the_dp_reward_model_replays_with_the_key_and_not_without_it(project, mo
         weights.append(json.loads((dp_reward_model.MODEL_DIR / "reward_model.json").read_text())["weight"])
         shutil.rmtree(dp_reward_model.MODEL_DIR)
     assert weights[0] == weights[1] and weights[0] != weights[2]
+
+
+def test_the_reward_parts_size_reaches_the_ledger_only_through_its_dp_count(project):
+    # Two preference files whose reward parts differ in size, but whose DP counts came out equal
+    # (the first run's count entry written before the second run): the entries must be identical,
+    # since q, T and sigma are params and the only size in the entry is the divisor q x N~
+    # (plan.expected_batch_size), which must be the DP count's and not the part's size N.
+    saved, sizes, ledgers = None, [], []
+    for n in (90, 120):
+        raw_pairs(n)
+        if saved is None:
+            count = features(project)
+            saved = Path(dp_count.entry_path(COUNT)).read_text()
+        else:
+            run(hh_prepare.hh_prepare, project)
+            run(preference_features.preference_features, project)
+            Path(dp_count.entry_path(COUNT)).write_text(saved)  # as if N~ had come out the same
+        sizes.append(reward_part_size())
+        run(dp_reward_model.dp_reward_model, project)
+        ledgers.append(Path(ledger.entry_path("dp_reward_model")).read_text())
+        shutil.rmtree("data/checkpoints")
+    assert sizes[0] < sizes[1] and ledgers[0] == ledgers[1]
+    entry = json.loads(ledgers[0])
+    assert "n_records" not in entry and entry["sampling_rate"] == 0.2
+    batch_over_q = entry["plan"]["expected_batch_size"] / entry["sampling_rate"]
+    assert batch_over_q == pytest.approx(count["noisy_count"], rel=1e-12) and batch_over_q not in sizes  # N~, never N
+
+
+def reward_model_run(project) -> dict:
+    """The reward part's DP count and the DP reward model from scratch (no checkpoint to resume),
+    recording the DP streams they ask for, the model's Poisson samples, its weights and the entries."""
+    shutil.rmtree(dp_reward_model.CHECKPOINT_DIR, ignore_errors=True)
+    streams, samples, real_for_purpose, real_sample = {}, [], DPRandom.for_purpose.__func__, bt.poisson_sample
+
+    def for_purpose(cls, purpose, *binding, privacy):
+        streams.setdefault(purpose, []).append(real_for_purpose(cls, purpose, *binding, privacy=privacy))
+        return streams[purpose][-1]
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(DPRandom, "for_purpose", classmethod(for_purpose))
+        mp.setattr(bt, "poisson_sample", lambda rng, n, q: samples.append(real_sample(rng, n, q)) or samples[-1])
+        count = run_dp_count(COUNT, project)
+        entry = run(dp_reward_model.dp_reward_model, project)
+    weight = json.loads((dp_reward_model.MODEL_DIR / "reward_model.json").read_text())["weight"]
+    return {"count": count, "entry": entry, "streams": streams, "samples": [s.tolist() for s in samples],
+            "weight": weight}
+
+
+def test_privacy_secure_mode_reaches_the_dp_reward_model_and_rlhf_privacy_does_not_decide(project, monkeypatch,
+                                                                                          tmp_path):
+    # The randomness setting is params' `privacy` section (key_file, secure_mode) for every DP stage;
+    # rlhf.privacy holds the hh_rlhf budget only. Each half sets rlhf.privacy's would-be keys the
+    # other way, so a stage reading them would fail.
+    features(project)
+    monkeypatch.delenv("DPINSTRUCT_KEY_FILE")  # the key comes from privacy.key_file, not the environment
+    key, decoy = tmp_path / "keys/secret.key", tmp_path / "keys/rlhf.key"
+    project["privacy"]["key_file"] = str(key)
+    project["rlhf"]["privacy"].update(secure_mode=False, key_file=str(decoy))
+    project["privacy"]["secure_mode"] = True
+    secure = [reward_model_run(project) for _ in range(2)]
+    assert not key.exists() and not decoy.exists()  # no key read in secure mode
+    purposes = {"dp_count/noise", "dp_reward_model/poisson", "dp_reward_model/noise"}
+    for r in secure:
+        assert set(r["streams"]) == purposes
+        assert not any(s.replayable for streams in r["streams"].values() for s in streams)  # all from the OS
+        assert r["entry"]["secure_mode"] is True and r["count"]["secure_mode"] is True
+    a, b = secure
+    assert a["count"]["noisy_count"] != b["count"]["noisy_count"]
+    assert a["samples"] != b["samples"] and a["weight"] != b["weight"]
+    # account takes the all-secure ledger, and refuses it mixed with keyed entries of other datasets
+    project["privacy"].update(epsilon=10.0, delta=1e-5)
+    project["rl"]["privacy"].update(epsilon=10.0, delta=1e-5)
+    other_datasets_ledger(secure_mode=True)
+    assert run(account.account, project)["datasets"]["hh_rlhf"]["epsilon"] <= 8.0
+    other_datasets_ledger(secure_mode=False)
+    Path(account.OUT).unlink()
+    with pytest.raises(PrivacyConfigError, match=r"entries drew their randomness in different modes "
+                                                 r".*'dp_reward_model': True"):
+        run(account.account, project)
+    assert not Path(account.OUT).exists()
+
+    project["privacy"]["secure_mode"] = False
+    project["rlhf"]["privacy"].update(secure_mode=True)
+    keyed = [reward_model_run(project) for _ in range(2)]
+    assert key.exists() and not decoy.exists()  # privacy.key_file's key, never rlhf.privacy's
+    a, b = keyed
+    assert set(a["streams"]) == purposes and all(s.replayable for streams in a["streams"].values() for s in streams)
+    assert a["entry"]["secure_mode"] is False and a["count"]["secure_mode"] is False
+    # the same key, params and data replay every draw bit for bit
+    assert a["count"] == b["count"] and a["samples"] == b["samples"] and a["weight"] == b["weight"]
+    assert a["entry"] == b["entry"]

@@ -7,6 +7,7 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -17,16 +18,22 @@ from dpinstruct.privacy import dp_adam
 from stages import prepare
 from stages import train_generator as stage
 
+COUNT_SIGMA = 4.0  # dp_count.sigma here: N~ stays near the ~25 train rows, so the divisor q x N~ is a real batch
+COUNT = Path("metrics/privacy/dp_count@instructions.json")
 
-def tiny(project, train_size=24, **train):
-    """24 private train rows, T = 3 steps of q = 1/3 (expected batch 8)."""
-    project.params["prepare"].update(train_size=train_size, val_size=10, test_size=10)
+
+def tiny(project, n=40, **train):
+    """The first n shipped private rows (25 train rows at n = 40), T = 3 steps of q = 1/3, and the
+    DP count of the train split that the stage reads (dp_count@instructions)."""
+    project.use_private_rows(n)
     project.params["privacy"].update(epsilon=6.0, delta=1e-3)
-    project.params["train_generator"].update(sampling_rate=1 / 3, expected_batch_size=8, epochs=1.0,
-                                             checkpoint_every=1, micro_batch_tokens=256, **train)
+    project.params["dp_count"]["sigma"] = COUNT_SIGMA
+    project.params["train_generator"].update(sampling_rate=1 / 3, epochs=1.0, checkpoint_every=1,
+                                             micro_batch_tokens=256, **train)
     project.save()
     with Outputs() as out:
         prepare.prepare(project.params, out)
+    project.dp_count("instructions")
 
 
 def run(project):
@@ -71,10 +78,23 @@ def test_trains_a_loadable_adapter_and_writes_the_ledger(project, generator_dir)
                 "delta", "epsilon", "epsilon_prv", "dp_event"):
         assert key in saved, key
     assert saved["mechanism"] == "poisson_subsampled_gaussian" and saved["neighbouring"] == "add_or_remove_one"
-    assert saved["steps"] == 3 and saved["sampling_rate"] == pytest.approx(8 / 24) and saved["sensitivity"] == 0.5
+    assert saved["steps"] == 3 and saved["sampling_rate"] == pytest.approx(1 / 3) and saved["sensitivity"] == 0.5
     assert saved["plan"]["composed_epsilon"] <= 6.0 and saved["plan"]["composed_epsilon_prv"] <= 6.0
     assert saved["epsilon"] < saved["plan"]["composed_epsilon"]
     assert abs(saved["epsilon"] - saved["epsilon_prv"]) < 0.1
+    # the divisor is q x N~ of the DP count, and the plan composed the count with the histogram
+    count = json.loads((project.root / COUNT).read_text())
+    assert saved["plan"]["expected_batch_size"] == pytest.approx(count["noisy_count"] / 3)
+    import dp_accounting
+    from dp_accounting.pld import pld_privacy_accountant
+
+    independent = pld_privacy_accountant.PLDAccountant(value_discretization_interval=1e-4)
+    independent.compose(dp_accounting.ComposedDpEvent([
+        dp_accounting.SelfComposedDpEvent(dp_accounting.PoissonSampledDpEvent(
+            1 / 3, dp_accounting.GaussianDpEvent(saved["noise_multiplier"])), 3),
+        dp_accounting.GaussianDpEvent(project.params["histogram"]["sigma"]),
+        dp_accounting.GaussianDpEvent(COUNT_SIGMA)]))
+    assert saved["plan"]["composed_epsilon"] == pytest.approx(independent.get_epsilon(1e-3), abs=1e-6)
 
     from peft import PeftModel
 
@@ -97,8 +117,9 @@ def test_killed_run_resumes_to_the_same_adapter(project, monkeypatch):
     uninterrupted = adapter_digest(project.root)
     ledger = json.loads((project.root / "metrics/privacy/train_generator.json").read_text())
 
-    for p in ("data/adapters", "data/checkpoints", "metrics/privacy", "dvclive"):
+    for p in ("data/adapters", "data/checkpoints", "dvclive"):
         shutil.rmtree(project.root / p, ignore_errors=True)
+    (project.root / "metrics/privacy/train_generator.json").unlink()  # its DP count (an input) stays
     real_step = kill_after_two_steps(project, monkeypatch)
     assert not (project.root / stage.ADAPTER_DIR).exists()  # nothing half-written
     assert torch.load(project.root / stage.CHECKPOINT_DIR / "state.pt", weights_only=False)["step"] == 2
@@ -122,6 +143,8 @@ def test_checkpoint_of_another_plan_is_not_resumed(project, monkeypatch):
 def test_non_private_mode_uses_the_same_path_and_says_so(project):
     tiny(project)
     project.params["privacy"]["epsilon"] = ".inf"
+    count = project.dp_count("instructions")  # a non-private run counts exactly, and says so
+    assert count["private"] is False and count["noisy_count"] == len(pd.read_parquet(project.root / stage.TRAIN))
     entry = run(project)
     assert entry["private"] is False and entry["noise_multiplier"] == 0.0
     assert entry["epsilon"] == "inf" and entry["sensitivity"] == "inf"
@@ -134,7 +157,7 @@ def test_unsafe_budget_is_refused_before_any_training(project, monkeypatch):
     with pytest.raises(PrivacyConfigError, match="delta=0.5 must be in"):
         run(project)
     assert not (project.root / stage.ADAPTER_DIR).exists()
-    assert not (project.root / "metrics/privacy").exists()
+    assert project.files("metrics/privacy") == [str(COUNT)]  # only its input, the DP count
 
 
 def test_the_key_replays_the_adapter_and_another_key_does_not(project, monkeypatch, tmp_path_factory):
@@ -152,12 +175,12 @@ def test_the_key_replays_the_adapter_and_another_key_does_not(project, monkeypat
 
 def test_a_checkpoint_made_by_other_code_is_not_resumed(project, monkeypatch):
     # any file the stage runs counts, not only the stage module: here randomness.py "changed"
-    from dpinstruct.privacy import dp_loop
+    from dpinstruct.privacy import run_key
 
     tiny(project)
     real_step = kill_after_two_steps(project, monkeypatch)
-    real_digest = dp_loop.file_digest
-    monkeypatch.setattr(dp_loop, "file_digest", lambda p: real_digest(p) + ("x" if Path(p).name == "randomness.py" else ""))
+    real_digest = run_key.file_digest
+    monkeypatch.setattr(run_key, "file_digest", lambda p: real_digest(p) + ("x" if Path(p).name == "randomness.py" else ""))
     steps_taken = count_steps(monkeypatch, real_step)
     assert run(project)["steps"] == len(steps_taken) == 3
 
@@ -173,6 +196,7 @@ def test_a_checkpoint_made_under_another_key_is_not_resumed(project, monkeypatch
 def test_secure_mode_samples_and_noises_afresh_with_identical_params(project, monkeypatch):
     tiny(project)
     project.params["privacy"]["secure_mode"] = True
+    assert project.dp_count("instructions")["secure_mode"] is True  # one randomness setting for every DP stage
     sampled, real = [], dp_generator.poisson_sample
     monkeypatch.setattr(dp_generator, "poisson_sample", lambda *a: sampled.append(real(*a)) or sampled[-1])
     digests = []
@@ -185,20 +209,26 @@ def test_secure_mode_samples_and_noises_afresh_with_identical_params(project, mo
     assert any(not np.array_equal(a, b) for a, b in zip(first, second))
 
 
-def test_the_ledger_does_not_reveal_n(project):
-    # An attacker with the ledger of two runs on datasets of 24 and 30 records sees identical entries.
-    ledgers = []
-    for n in (24, 30):
-        tiny(project, train_size=n)
+def test_the_ledger_reveals_n_only_through_the_dp_count(project):
+    # Two train splits of different sizes whose DP counts came out equal publish identical entries:
+    # q, T and sigma are params, and the only size in the entry is the divisor q x N~.
+    ledgers, counts, sizes = [], [], []
+    for n in (40, 50):
+        tiny(project, n=n)
+        sizes.append(len(pd.read_parquet(project.root / stage.TRAIN)))
+        if counts:
+            (project.root / COUNT).write_text(counts[0])  # as if N~ had come out the same
+        counts.append((project.root / COUNT).read_text())
         run(project)
         ledgers.append((project.root / "metrics/privacy/train_generator.json").read_text())
         shutil.rmtree(project.root / "data/checkpoints")
-    assert ledgers[0] == ledgers[1]
+    assert sizes[0] < sizes[1] and ledgers[0] == ledgers[1]
     assert "n_records" not in ledgers[0] and '"sampling_rate": 0.3333333333333333' in ledgers[0]
+    noisy = json.loads(counts[0])["noisy_count"]
+    assert noisy != sizes[0] and json.loads(ledgers[0])["plan"]["expected_batch_size"] == pytest.approx(noisy / 3)
 
 
 def test_user_level_dp_samples_users_and_the_ledger_says_so(project):
-    import pandas as pd
     import pyarrow as pa
 
     from dpinstruct.io.artifacts import read_metadata, write_parquet
@@ -207,18 +237,61 @@ def test_user_level_dp_samples_users_and_the_ledger_says_so(project):
     path = project.root / "data/prepared/train.parquet"
     meta = {f"dpinstruct.{k}": v for k, v in read_metadata(path).items()}
     train = pd.read_parquet(path)
-    train["user_id"] = [f"user{i % 6}" for i in range(len(train))]  # 6 users of 4 records
+    train["user_id"] = [f"user{i % 6}" for i in range(len(train))]  # 6 users of 4 or 5 records
     table = pa.Table.from_pandas(train, preserve_index=False)
     write_parquet(table, path, table.schema, meta)
     project.params["user_level"] = {"max_records_per_user": 2}
-    project.params["train_generator"].update(expected_batch_size=2)  # q x users
     project.params["privacy"]["delta"] = 0.2
-    with pytest.raises(PrivacyConfigError, match=r"delta=0.2 .* N=6"):
-        run(project)  # the unit is one of 6 users: delta must be below 1/6
+    # N~ within 1 of N (4 sds): the refusal below is certain (a smaller sigma makes opacus' PRV fail, see the report)
+    project.params["dp_count"]["sigma"] = 0.25
+    count = project.dp_count("instructions")  # the DP count counts users now
+    assert count["neighbouring"] == "add_or_remove_one_user"
+    with pytest.raises(PrivacyConfigError, match=r"delta=0.2 .* N~=\d\.\d of the records"):
+        run(project)  # the unit is one of 6 users: delta must be below 1/N~ ~ 1/6 (records would say N~ ~ 25)
     project.params["privacy"]["delta"] = 1e-3
+    project.params["dp_count"]["sigma"] = COUNT_SIGMA
+    project.dp_count("instructions")
     entry = run(project)
     assert entry["neighbouring"] == "add_or_remove_one_user" and entry["max_records_per_user"] == 2
     assert entry["sampling_rate"] == pytest.approx(1 / 3) and entry["steps"] == 3
     curves = (project.root / "dvclive/train_generator/plots/metrics/batch_size.tsv").read_text().split("\n")[1:]
     sizes = [float(line.split("\t")[-1]) for line in curves if line]
     assert sizes and max(sizes) <= 6  # units per step are users (at most all 6), each clipped once
+
+
+def record_streams(monkeypatch) -> list[dict]:
+    """The first draws of the Poisson and noise streams of each DPLoop the stage builds (copies:
+    the run itself draws from the originals)."""
+    import copy
+
+    from dpinstruct.privacy import dp_loop
+
+    seen, real_init = [], dp_loop.DPLoop.__init__
+
+    def init(self, *args, **kwargs):
+        real_init(self, *args, **kwargs)
+        seen.append({name: copy.deepcopy(s).uniform(8).tolist() for name, s in self.streams().items()})
+
+    monkeypatch.setattr(dp_loop.DPLoop, "__init__", init)
+    return seen
+
+
+def test_other_base_weights_draw_another_sample_and_other_noise(project, generator_dir, monkeypatch):
+    # The run key binds the base weights folder: two runs on the same data, params and key, whose
+    # base folders differ (here by one harmless extra file, the model itself unchanged), must not
+    # share Poisson samples or DP-Adam noise, or publishing both would let the noise cancel out.
+    tiny(project)
+    seen = record_streams(monkeypatch)
+    run(project)
+    first = adapter_digest(project.root)
+    folder = project.root / "data/models/generator"
+    folder.unlink()
+    folder.mkdir()
+    for f in generator_dir.iterdir():
+        (folder / f.name).symlink_to(f)
+    (folder / "NOTES.md").write_text("the same generator, with a note\n")
+    shutil.rmtree(project.root / "data/checkpoints")
+    run(project)
+    assert len(seen) == 2
+    assert seen[0]["poisson"] != seen[1]["poisson"] and seen[0]["noise"] != seen[1]["noise"]
+    assert adapter_digest(project.root) != first

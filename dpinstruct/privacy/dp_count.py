@@ -1,0 +1,45 @@
+"""A DP count of the units a DP-SGD mechanism reads: where the pipeline needs N, it uses this.
+
+Under add-or-remove-one the number of units N is itself private (sensitivity 1). A DP-SGD stage
+needs a size twice: the divisor of each step's noisy gradient sum (the expected batch q x N) and
+the delta < 1/N refusal. Using N there would publish it (the ledger states q and the divisor, and
+their ratio is N: 3,832 for 3,828 records before this module). So each DP-SGD input gets one
+Gaussian count N~ = N + N(0, sigma^2) (``dp_count.sigma``; L2 sensitivity 1, event
+Gaussian(sigma)), released with its own ledger entry (mechanism ``gaussian_count``) in the same
+dataset and partition as the mechanism that uses it, so ``account`` composes it with the rest.
+q, T and sigma of the DP-SGD mechanism stay params: N~ only scales its update (adaptive use of an
+earlier DP output with fixed privacy parameters, which sequential composition covers); it never
+chooses a privacy parameter (that would be a fully adaptive composition, outside the PLD bound).
+A non-private run (epsilon .inf) counts exactly and says so.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from dpinstruct.privacy.accounting import Component
+
+STAGE = "dp_count"
+MECHANISM = "gaussian_count"
+
+
+def release(n_units: int, sigma: float, random) -> float:
+    """N + N(0, sigma^2) from the keyed stream ``random`` (exactly N when sigma is 0: non-private)."""
+    return float(n_units) + (float(random.normal((1,), sigma)[0]) if sigma > 0 else 0.0)
+
+
+def entry_path(name: str) -> Path:
+    """The ledger entry of the count ``name`` (a dp_count foreach item: instructions, imdb_sft, ...)."""
+    return Path(f"metrics/privacy/{STAGE}@{name}.json")
+
+
+def read(name: str) -> tuple[float, Component, dict]:
+    """(N~, its component for the calibration's prior, the entry) of the count ``name``."""
+    path = entry_path(name)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: the DP count of {name} is missing (dvc repro {STAGE}@{name})")
+    entry = json.loads(path.read_text())
+    from dpinstruct.io.params import as_float
+
+    component = (as_float(entry["noise_multiplier"]), as_float(entry["sampling_rate"]), int(entry["steps"]))
+    return as_float(entry["noisy_count"]), component, entry

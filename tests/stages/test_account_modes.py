@@ -1,0 +1,63 @@
+"""`account` takes a ledger only when every entry drew its randomness in the same mode: keyed
+(privacy.key_file) or secure (privacy.secure_mode, the OS). privacy.secure_mode is ONE setting for
+every DP stage of every dataset, so a ledger mixing the two holds a stale entry (e.g. one stage not
+re-run after the switch) and nothing may be released from it. tests/stages/test_account.py checks
+one mixed ledger; here every entry in turn is the odd one out, in either direction."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from dpinstruct.io.artifacts import Outputs
+from dpinstruct.io.errors import PrivacyConfigError
+from dpinstruct.privacy import accounting as acct
+from dpinstruct.privacy import ledger
+from stages import account
+
+DELTA = 1e-5
+STAGES = sorted(s for stages in account.EXPECTED.values() for s in stages)  # every entry account expects
+PARTS = {"dp_sft": "sft", "dp_count@imdb_sft": "sft", "dp_ppo": "ppo", "dp_count@imdb_ppo": "ppo"}
+
+
+def write_ledger(secure_mode: dict[str, bool]) -> None:
+    """One entry per expected stage, of a small epsilon (well within every budget), in the mode given."""
+    Path(ledger.LEDGER_DIR).mkdir(parents=True, exist_ok=True)
+    for dataset, stages in account.EXPECTED.items():
+        for stage in stages:
+            counted = stage.startswith("dp_count@")
+            sigma, q, steps = (20.0, 1.0, 1) if counted else (1.0, 0.01, 10)
+            entry = ledger.make_entry(
+                stage=stage, mechanism="gaussian_count" if counted else "poisson_subsampled_gaussian", dataset=dataset,
+                partition={"instructions": "all", "hh_rlhf": "reward"}.get(dataset, PARTS.get(stage)),
+                noise_multiplier=sigma, sampling_rate=q, steps=steps, sensitivity=1.0, delta=DELTA,
+                event=acct.component_event(sigma, q, steps), secure_mode=secure_mode[stage])
+            Path(ledger.entry_path(stage)).write_text(json.dumps(entry))
+
+
+def run() -> dict:
+    budget = {"epsilon": 8.0, "delta": DELTA}
+    with Outputs() as out:
+        return account.account({"privacy": budget, "rl": {"privacy": budget}, "rlhf": {"privacy": budget}}, out)
+
+
+@pytest.mark.parametrize("secure", [False, True])
+def test_a_ledger_in_one_mode_is_accepted(tmp_path, monkeypatch, secure):
+    monkeypatch.chdir(tmp_path)
+    write_ledger(dict.fromkeys(STAGES, secure))
+    result = run()
+    assert result["within_budget"] and set(result["stages"]) == set(STAGES)
+    assert Path(account.OUT).exists()
+
+
+@pytest.mark.parametrize("odd", STAGES)
+@pytest.mark.parametrize("secure", [False, True])
+def test_one_entry_in_the_other_mode_is_refused(tmp_path, monkeypatch, odd, secure):
+    # whichever entry is stale, of whichever dataset, and whichever way the switch went
+    monkeypatch.chdir(tmp_path)
+    write_ledger({stage: secure if stage == odd else not secure for stage in STAGES})
+    with pytest.raises(PrivacyConfigError, match=rf"entries drew their randomness in different modes \(secure_mode per "
+                                                 rf"stage: .*'{odd}': {secure}.*\); privacy\.secure_mode is one setting"):
+        run()
+    assert not Path(account.OUT).exists()
