@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 from pathlib import Path
 
 from tqdm import tqdm
@@ -34,8 +35,11 @@ class DPLoop:
         self.sampler = DPRandom.for_purpose(f"{stage}/poisson", *run_key, privacy=privacy)
         self.noise = DPRandom.for_purpose(f"{stage}/noise", *run_key, privacy=privacy)
         # A checkpoint is resumed only by the very same run: params, plan, data, weights, code and key.
+        # In secure mode the streams' tag is always "os": without a fresh nonce a second secure run
+        # would resume the first run's last checkpoint and share most of its steps (never resumed).
+        nonce = () if self.sampler.replayable else (os.urandom(16).hex(),)
         self.run_key = params_hash(*run_key, steps, noise_multiplier, sampling_rate, self.sampler.resume_tag(),
-                                   self.noise.resume_tag())
+                                   self.noise.resume_tag(), *nonce)
         self.steps, self.noise_multiplier, self.sampling_rate, self.delta = steps, noise_multiplier, sampling_rate, delta
         self.checkpoint_dir, self.live_dir, self.checkpoint_every = Path(checkpoint_dir), str(live_dir), checkpoint_every
         self.metrics: dict = {}
