@@ -32,7 +32,7 @@ epsilon-6 runs scored on the private val split). This module re-derives both on 
 Only tables whose lineage metadata says ``public`` are read (``read_public``: anything else is
 refused), plus the public models and, for ppo-clip, the DP-SFT adapter. The DP randomness of the
 generator-lr runs is a keyed stream like every DP run's: on public data a throw-away key is fine
-(``DPINSTRUCT_KEY_FILE=/tmp/.../tune.key``, mode 0600).
+(``DPINSTRUCT_KEY_FILE=~/.config/dpinstruct/tune.key``, mode 0600, absolute or ~ path).
 """
 from __future__ import annotations
 
