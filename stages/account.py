@@ -50,7 +50,11 @@ def account(params: dict, out) -> dict:
     if unknown or any(found[d] != sorted(EXPECTED[d]) for d in EXPECTED):
         raise PrivacyConfigError(f"{ledger.LEDGER_DIR}: expected ledger entries {EXPECTED}, found {found}"
                                  + (f" and entries of unknown datasets {unknown}" if unknown else ""))
-    modes = {e["stage"]: bool(e.get("secure_mode")) for e in entries}
+    unstated = sorted(e["stage"] for e in entries if not isinstance(e.get("secure_mode"), bool))
+    if unstated:  # an entry that does not say how it drew its noise cannot be checked against the others
+        raise PrivacyConfigError(f"{ledger.LEDGER_DIR}: entries {unstated} do not state secure_mode (true or false); "
+                                 "they come from another version of the pipeline: re-run them (dvc repro)")
+    modes = {e["stage"]: e["secure_mode"] for e in entries}
     if len(set(modes.values())) > 1:
         raise PrivacyConfigError(f"{ledger.LEDGER_DIR}: entries drew their randomness in different modes "
                                  f"(secure_mode per stage: {modes}); privacy.secure_mode is one setting for every "

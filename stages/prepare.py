@@ -33,12 +33,12 @@ METRICS = "metrics/prepare.json"
 
 def prepare(params: dict, out) -> dict:
     data, cfg = P.section(params, "data"), P.section(params, "prepare")
-    check_settings(data, cfg)
+    cfg = check_settings(data, cfg)
     tokenizer = load_tokenizer(GENERATOR_DIR)
     phash = P.params_hash(data["private_path"], cfg, params["models"]["generator"])
     private, counts = clean(data["private_path"], tokenizer, cfg, per_unit=True)
-    parts = split(private, seed=cfg["seed"], test_share=P.as_float(cfg["test_share"]),
-                  val_share=P.as_float(cfg["val_share"]), path=data["private_path"])
+    parts = split(private, seed=cfg["seed"], test_share=cfg["test_share"],
+                  val_share=cfg["val_share"], path=data["private_path"])
     for name, df in parts.items():
         report = quality.check(df, f"prepare/{name}", rules(df, cfg, {o: parts[o] for o in SPLITS if o != name}))
         out.write_parquet(pa.Table.from_pandas(df, preserve_index=False), OUT[name], SCHEMA,
@@ -50,19 +50,21 @@ def prepare(params: dict, out) -> dict:
     return metrics
 
 
-def check_settings(data: dict, cfg: dict) -> None:
-    """Wrong types stop here, naming the key, before the private file is opened."""
-    checks.path(data, "private_path", "data")
-    checks.cleaning(cfg, "prepare")
-    checks.integer(cfg, "seed", "prepare")
-    shares = [checks.number(cfg, key, "prepare") for key in ("test_share", "val_share")]
-    if min(shares) <= 0 or sum(shares) >= 1:
-        raise ConfigError("prepare", f"test_share and val_share must be > 0 with a sum below 1 (the rest is "
-                                     f"train), got {shares}")
+def check_settings(data: dict, cfg: dict) -> dict:
+    """Wrong types stop here, naming the key, before the private file is opened. Returns the section
+    with every checked value in its checked type (a whole float 0.0 is the integer 0: the split
+    hashes ``f"{seed}:{key}"``, so the raw value would give another split)."""
     for key in ("test_size", "val_size", "train_size"):  # counts would need N and made the split unstable
         if key in cfg:
             raise ConfigError(f"prepare.{key}", "is no longer a param: splits take expected shares "
                                                 "(prepare.test_share, prepare.val_share), never counts")
+    checks.path(data, "private_path", "data")
+    checked = {**cfg, **checks.cleaning(cfg, "prepare"), "seed": checks.integer(cfg, "seed", "prepare")}
+    shares = [checks.number(cfg, key, "prepare") for key in ("test_share", "val_share")]
+    if min(shares) <= 0 or sum(shares) >= 1:
+        raise ConfigError("prepare", f"test_share and val_share must be > 0 with a sum below 1 (the rest is "
+                                     f"train), got {shares}")
+    return checked | {"test_share": shares[0], "val_share": shares[1]}
 
 
 def main() -> None:

@@ -30,7 +30,7 @@ def prepare_public(params: dict, out) -> dict:
     filters = {k: P.section(params, "prepare")[k] for k in FILTER_KEYS}
     cfg = P.section(params, STAGE)
     checks.path(P.section(params, "data"), "public_path", "data")
-    checks.cleaning(filters, "prepare")
+    filters = {**filters, **checks.cleaning(filters, "prepare")}  # checked types: 10.0 -> 10
     checks.integer(cfg, "size", STAGE, minimum=1, nullable=True)
     checks.integer(cfg, "seed", STAGE)
     tokenizer = load_tokenizer(GENERATOR_DIR)

@@ -3,6 +3,7 @@ stage before any file is read, with the key's full name (``ConfigError``), inste
 error deep inside, or a silent coercion (``int("1e3")`` fails, ``int(2.7)`` truncates)."""
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 from dpinstruct.io.errors import ConfigError
@@ -23,8 +24,9 @@ def integer(cfg: dict, key: str, section: str, *, minimum: int = 0, nullable: bo
 
 def number(cfg: dict, key: str, section: str) -> float:
     value = cfg.get(key)
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ConfigError(f"{section}.{key}", f"must be a number, got {value!r}")
+    # NaN would pass every later range check (all comparisons with NaN are False)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ConfigError(f"{section}.{key}", f"must be a finite number, got {value!r}")
     return float(value)
 
 

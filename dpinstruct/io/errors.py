@@ -20,6 +20,10 @@ class InputError(PipelineError):
         super().__init__(f"{where}: {problem}")
 
 
+class MissingInputError(PipelineError, FileNotFoundError):
+    """A file an earlier stage writes is absent (the stage was not run, or its output was removed)."""
+
+
 class QualityError(PipelineError):
     """A hard data-quality rule failed on an artifact."""
 

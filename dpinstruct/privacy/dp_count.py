@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from dpinstruct.io.errors import MissingInputError
 from dpinstruct.privacy.accounting import Component
 
 STAGE = "dp_count"
@@ -37,7 +38,7 @@ def read(name: str) -> tuple[float, Component, dict]:
     """(N~, its component for the calibration's prior, the entry) of the count ``name``."""
     path = entry_path(name)
     if not path.exists():
-        raise FileNotFoundError(f"{path}: the DP count of {name} is missing (dvc repro {STAGE}@{name})")
+        raise MissingInputError(f"{path}: the DP count of {name} is missing (dvc repro {STAGE}@{name})")
     entry = json.loads(path.read_text())
     from dpinstruct.io.params import as_float
 

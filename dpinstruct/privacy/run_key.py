@@ -16,6 +16,7 @@ import hashlib
 from pathlib import Path
 
 from dpinstruct.io.artifacts import file_digest
+from dpinstruct.io.errors import MissingInputError
 from dpinstruct.io.params import params_hash
 from dpinstruct.layout import imported_files
 
@@ -28,7 +29,7 @@ def tree_digest(path: Path | str) -> str:
     if path.is_file():
         return file_digest(path)
     if not path.is_dir():
-        raise FileNotFoundError(f"a DP stage's input {path} does not exist (run the stages before it: dvc repro)")
+        raise MissingInputError(f"a DP stage's input {path} does not exist (run the stages before it: dvc repro)")
     h = hashlib.sha256()
     for f in sorted(p for p in path.rglob("*") if p.is_file()):
         h.update(f"{f.relative_to(path).as_posix()}\0{file_digest(f)}\n".encode())
@@ -40,7 +41,7 @@ def code_digest(stage: str) -> str:
     its dvc.yaml deps must cover)."""
     module = ROOT / "stages" / f"{stage}.py"
     if not module.exists():
-        raise FileNotFoundError(f"the run key needs the stage module {module}")
+        raise MissingInputError(f"the run key needs the stage module {module}")
     return params_hash(*(f"{f.as_posix()}:{file_digest(ROOT / f)}" for f in sorted(imported_files(ROOT, module))))
 
 

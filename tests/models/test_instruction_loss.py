@@ -56,7 +56,8 @@ def test_instruction_loss_equals_the_plain_loss_values_and_per_example_gradients
 
 
 def test_bf16_autocast_stays_within_tolerance_of_fp32(generator_dir):
-    """Stated tolerance of the bf16 path (train_generator.bf16): losses within 0.05 nats, each
+    """Stated tolerance of the bf16 path (train_generator.bf16): losses within 1% (bf16 keeps 8
+    mantissa bits, a relative step of 0.4%; a CI CPU measured 0.55% on a 12.5-nat row), each
     record's gradient at cosine >= 0.95 to fp32's (measured >= 0.979) with its norm within 10% (measured 6.8%; the
     clip factor's input). Clipping then runs in fp32 (dp_adam); the DP noise per coordinate is far larger."""
     torch.manual_seed(0)
@@ -69,6 +70,6 @@ def test_bf16_autocast_stays_within_tolerance_of_fp32(generator_dir):
     with torch.autocast("cpu", dtype=torch.bfloat16):
         low_loss = loss_fn(model, batch)
         low = per_example_grads(model, loss_fn, batch).float()
-    torch.testing.assert_close(low_loss.float(), loss_fn(model, batch), rtol=0, atol=0.05)
+    torch.testing.assert_close(low_loss.float(), loss_fn(model, batch), rtol=0.01, atol=0)
     assert torch.nn.functional.cosine_similarity(low, fp32, dim=1).min() >= 0.95
     torch.testing.assert_close(low.norm(dim=1), fp32.norm(dim=1), rtol=0.10, atol=0)

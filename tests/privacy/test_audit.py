@@ -125,9 +125,6 @@ def test_audit_command_end_to_end_on_a_tiny_slice(project, monkeypatch):
     assert not any(t in text for t in train)
 
 
-@pytest.mark.xfail(strict=True, raises=FileNotFoundError,
-                   reason="library bug: dp_count.read raises FileNotFoundError, not a PipelineError, so `dpinstruct "
-                          "audit` without the DP count crashes with a traceback instead of 'audit failed: ...' (exit 1)")
 def test_audit_without_the_dp_count_fails_cleanly(project, capsys):
     from dpinstruct.cli import main
     from dpinstruct.io.artifacts import Outputs

@@ -61,3 +61,21 @@ def test_one_entry_in_the_other_mode_is_refused(tmp_path, monkeypatch, odd, secu
                                                  rf"stage: .*'{odd}': {secure}.*\); privacy\.secure_mode is one setting"):
         run()
     assert not Path(account.OUT).exists()
+
+
+@pytest.mark.parametrize("value", ["missing", None, "false", 0])
+def test_an_entry_that_does_not_state_its_mode_is_refused(tmp_path, monkeypatch, value):
+    # a missing field used to read as keyed (bool(None) is False), so a secure ledger with one entry of
+    # an older pipeline version passed as one mode; "false" (a string) read as secure
+    monkeypatch.chdir(tmp_path)
+    write_ledger(dict.fromkeys(STAGES, False))
+    path = Path(ledger.entry_path("histogram"))
+    entry = json.loads(path.read_text())
+    if value == "missing":
+        del entry["secure_mode"]
+    else:
+        entry["secure_mode"] = value
+    path.write_text(json.dumps(entry))
+    with pytest.raises(PrivacyConfigError, match=r"entries \['histogram'\] do not state secure_mode"):
+        run()
+    assert not Path(account.OUT).exists()
