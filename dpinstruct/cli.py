@@ -8,16 +8,18 @@ import importlib
 import sys
 
 COMMANDS = {  # name -> (module, one-line summary)
-    "lineage": ("dpinstruct.privacy.lineage",
+    "lineage": ("dpinstruct.tools.lineage",
                 "check the privacy class of every artifact on the DVC graph (optionally write the lineage report)"),
-    "export": ("dpinstruct.privacy.bundle",
+    "export": ("dpinstruct.tools.bundle",
                "write the release bundle: the release, its privacy record and dataset card; nothing private"),
-    "audit": ("dpinstruct.canary_audit",
+    "audit": ("dpinstruct.tools.canary_audit",
               ("empirical privacy audit: canaries, one training run each at the run's epsilon and at inf, "
                "a lower bound on epsilon (Steinke et al. 2023)")),
-    "sweep": ("dpinstruct.sweep",
+    "sweep": ("dpinstruct.tools.sweep",
               "run one DVC experiment per privacy.epsilon and tabulate privacy against utility"),
-    "tune": ("dpinstruct.tuning",
+    "deps": ("dpinstruct.tools.layout",
+             "write each stage's code deps in dvc.yaml from the files its module imports (--check: only compare)"),
+    "tune": ("dpinstruct.tools.tuning",
              ("choose DP hyperparameter defaults on PUBLIC proxies: ppo-clip (rl.dp_ppo.clip_norm), "
               "generator-lr (train_generator.lr)")),
 }

@@ -2,6 +2,6 @@
 
 Only stages live here: one module per stage in dvc.yaml, named after it, each with a ``main()``
 that dvc.yaml runs as ``python -m stages.<name>``: read its params, call the ``dpinstruct``
-library, write its outputs. Reusable code belongs in ``dpinstruct`` (``dpinstruct/layout.py``
+library, write its outputs. Reusable code belongs in ``dpinstruct`` (``dpinstruct/tools/layout.py``
 states the rules and the tests keep them).
 """

@@ -4,7 +4,8 @@ Reads every ledger entry under metrics/privacy/ and composes them by dataset
 (dpinstruct/privacy/composition.py): sequentially within a partition (PLD, with opacus' PRV as
 cross-check), in parallel (the maximum) across disjoint partitions of one dataset, separately per
 dataset, all of a dataset's entries under one neighbouring relation (a record, or a user). Each
-dataset has its own budget in params (``BUDGETS``). Writes metrics/privacy.json: the release's
+dataset has its own budget: params.yaml ``datasets`` names each dataset's budget section, and dvc.yaml
+(``meta.dp_dataset``) the mechanisms that spend it, which are the ledger entries expected. Writes metrics/privacy.json: the release's
 guarantee at the top level (``epsilon``, ``delta``, ...: the ``instructions`` dataset) and every
 dataset's under ``datasets``. The run fails when a dataset's composed epsilon exceeds its
 target by EITHER accountant, by any amount: every mechanism's noise was calibrated so that both
@@ -16,8 +17,10 @@ from __future__ import annotations
 
 import logging
 import math
+from pathlib import Path
 
 from dpinstruct.io import params as P
+from dpinstruct.io import pipeline_spec
 from dpinstruct.io.errors import PrivacyConfigError
 from dpinstruct.io.runner import run_stage
 from dpinstruct.privacy import accounting as acct
@@ -27,28 +30,41 @@ from dpinstruct.privacy.composition import compose_dataset
 log = logging.getLogger("stages.account")
 STAGE = "account"
 OUT = "metrics/privacy.json"
-RELEASE = "instructions"  # the dataset of the released instruction set
-BUDGETS = {"instructions": "privacy", "imdb": "rl.privacy", "hh_rlhf": "rlhf.privacy"}  # dataset -> its budget
-# each dataset's mechanisms; RLHF on the release adds none to `instructions` (post-processing)
-# (each DP-SGD input's DP count is a mechanism of its dataset too: dp_count@<input>)
-EXPECTED = {"instructions": ("dp_count@instructions", "histogram", "train_generator"),
-            "imdb": ("dp_count@imdb_ppo", "dp_count@imdb_sft", "dp_ppo", "dp_sft"),
-            "hh_rlhf": ("dp_count@hh_rlhf", "dp_reward_model",)}
 
 
-def budget(params: dict, dataset: str) -> tuple[float, float]:
+def datasets(params: dict, root: str | Path = pipeline_spec.ROOT) -> tuple[dict[str, str], dict[str, tuple[str, ...]], str]:
+    """(dataset -> its budget section, dataset -> the mechanisms that spend it, the release's dataset):
+    the datasets from params.yaml ``datasets``, their mechanisms from dvc.yaml (``meta.dp_dataset``)."""
+    declared = P.section(params, "datasets")
+    mechanisms = pipeline_spec.dp_mechanisms(root)
+    unknown = sorted(f"{s} ({d})" for s, d in mechanisms.items() if d not in declared)
+    if unknown:
+        raise PrivacyConfigError(f"dvc.yaml: mechanisms {unknown} spend a dataset that params.yaml `datasets` does not "
+                                 f"declare ({sorted(declared)})")
+    expected = {d: tuple(sorted(s for s, ds in mechanisms.items() if ds == d)) for d in declared}
+    idle = sorted(d for d, found in expected.items() if not found)
+    if idle:
+        raise PrivacyConfigError(f"params.yaml datasets {idle}: no dvc.yaml stage spends them (meta.dp_dataset)")
+    releases = [d for d, spec in declared.items() if (spec or {}).get("release")]
+    if len(releases) != 1:
+        raise PrivacyConfigError(f"params.yaml `datasets`: exactly one dataset must be marked release: true, got {releases}")
+    return {d: str(spec["budget"]) for d, spec in declared.items()}, expected, releases[0]
+
+
+def budget(params: dict, section_name: str) -> tuple[float, float]:
     section = params
-    for key in BUDGETS[dataset].split("."):
+    for key in section_name.split("."):
         section = P.section(section, key)
     return P.as_float(section["epsilon"]), P.as_float(section["delta"])
 
 
 def account(params: dict, out) -> dict:
+    budgets, expected, release_dataset = datasets(params)
     entries = ledger.read_entries()
-    found = {d: sorted(e["stage"] for e in entries if e.get("dataset") == d) for d in EXPECTED}
-    unknown = sorted(e["stage"] for e in entries if e.get("dataset") not in EXPECTED)
-    if unknown or any(found[d] != sorted(EXPECTED[d]) for d in EXPECTED):
-        raise PrivacyConfigError(f"{ledger.LEDGER_DIR}: expected ledger entries {EXPECTED}, found {found}"
+    found = {d: sorted(e["stage"] for e in entries if e.get("dataset") == d) for d in expected}
+    unknown = sorted(e["stage"] for e in entries if e.get("dataset") not in expected)
+    if unknown or any(found[d] != sorted(expected[d]) for d in expected):
+        raise PrivacyConfigError(f"{ledger.LEDGER_DIR}: expected ledger entries {expected}, found {found}"
                                  + (f" and entries of unknown datasets {unknown}" if unknown else ""))
     unstated = sorted(e["stage"] for e in entries if not isinstance(e.get("secure_mode"), bool))
     if unstated:  # an entry that does not say how it drew its noise cannot be checked against the others
@@ -59,34 +75,34 @@ def account(params: dict, out) -> dict:
         raise PrivacyConfigError(f"{ledger.LEDGER_DIR}: entries drew their randomness in different modes "
                                  f"(secure_mode per stage: {modes}); privacy.secure_mode is one setting for every "
                                  "DP stage: re-run the stale ones (dvc repro)")
-    datasets = {}
-    for name in EXPECTED:
-        target, delta = budget(params, name)
+    guarantees = {}
+    for name in expected:
+        target, delta = budget(params, budgets[name])
         mine = [e for e in entries if e["dataset"] == name]
         stale = [e["stage"] for e in mine if P.as_float(e["delta"]) != delta]
         if stale:
-            raise PrivacyConfigError(f"ledger entries {stale} were made at another delta than {BUDGETS[name]}.delta="
+            raise PrivacyConfigError(f"ledger entries {stale} were made at another delta than {budgets[name]}.delta="
                                      f"{delta}: re-run them (dvc repro)")
         relations = sorted({e.get("neighbouring", acct.NEIGHBOURING) for e in mine})
         if len(relations) > 1:
             raise PrivacyConfigError(f"dataset {name}: ledger entries under different neighbouring relations "
                                      f"{relations} do not compose; re-run them on the same data (dvc repro)")
         guarantee = {**compose_dataset(mine, delta), "neighbouring": relations[0]}
-        within = math.isinf(target) or (guarantee["epsilon"] <= target and guarantee["epsilon_prv"] <= target)
+        prv = guarantee["epsilon_prv"]  # None: opacus' PRV does not model one of the events; PLD alone decides
+        within = math.isinf(target) or (guarantee["epsilon"] <= target and (prv is None or prv <= target))
         if not within:
             raise PrivacyConfigError(f"dataset {name}: composed epsilon {guarantee['epsilon']:.4f} (PRV "
-                                     f"{guarantee['epsilon_prv']:.4f}) exceeds {BUDGETS[name]}.epsilon {target}; "
-                                     "nothing may be released")
-        datasets[name] = {**guarantee, "target_epsilon": target, "within_budget": within, "budget": BUDGETS[name]}
-        log.info("dataset %s: epsilon %.4f (PRV %.4f) at delta %g; budget %s", name, guarantee["epsilon"],
-                 guarantee["epsilon_prv"], delta, target)
-    release = datasets[RELEASE]
+                                     f"{prv}) exceeds {budgets[name]}.epsilon {target}; nothing may be released")
+        guarantees[name] = {**guarantee, "target_epsilon": target, "within_budget": within, "budget": budgets[name]}
+        log.info("dataset %s: epsilon %.4f (PRV %s) at delta %g; budget %s", name, guarantee["epsilon"], prv, delta,
+                 target)
+    release = guarantees[release_dataset]
     result = ledger.finite({
         **{k: release[k] for k in ("epsilon", "delta", "epsilon_prv", "target_epsilon", "within_budget", "private",
                                    "accountant")},
-        "neighbouring": release["neighbouring"], "datasets": datasets,
-        "stages": {e["stage"]: {k: e[k] for k in ("dataset", "partition", "mechanism", "noise_multiplier",
-                                                   "sampling_rate", "steps", "sensitivity", "epsilon", "epsilon_prv")}
+        "neighbouring": release["neighbouring"], "datasets": guarantees,
+        "stages": {e["stage"]: {k: e.get(k) for k in ("dataset", "partition", "mechanism", "noise_multiplier",
+                                                       "sampling_rate", "steps", "sensitivity", "epsilon", "epsilon_prv")}
                    for e in entries},
     })
     out.write_json(result, OUT)

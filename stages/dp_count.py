@@ -82,8 +82,7 @@ def count(name: str, params: dict, out) -> dict:
     n, neighbouring = item.units()
     noisy = dp_count.release(n, sigma, random)
     entry = ledger.make_entry(stage=f"{STAGE}@{name}", mechanism=dp_count.MECHANISM, dataset=item.dataset,
-                              partition=item.partition, noise_multiplier=sigma, sampling_rate=1.0, steps=1,
-                              sensitivity=1.0, delta=delta, event=acct.histogram_event(sigma),
+                              partition=item.partition, sensitivity=1.0, delta=delta, event=acct.histogram_event(sigma),
                               noisy_count=noisy, secure_mode=not random.replayable, neighbouring=neighbouring,
                               params_hash=P.params_hash(cfg, budget))
     out.write_json(entry, dp_count.entry_path(name))

@@ -27,12 +27,11 @@ from dpinstruct.models.lora import lora_model, merged_model, save_adapter
 from dpinstruct.models.trunk import first_adapted_layer
 from dpinstruct.privacy import accounting as acct
 from dpinstruct.privacy import dp_count, ledger
-from dpinstruct.privacy.dp_adam import DPAdam, poisson_sample
-from dpinstruct.privacy.dp_loop import DPLoop
 from dpinstruct.privacy.randomness import DPRandom
 from dpinstruct.privacy.run_key import run_key
 from dpinstruct.rl import ppo
 from dpinstruct.rl.reward import SentimentReward
+from dpinstruct.training.mechanism import DPSGDMechanism, Scope
 
 log = logging.getLogger("stages.dp_ppo")
 STAGE, DATASET = "dp_ppo", "imdb"
@@ -65,7 +64,7 @@ def plan(params: dict) -> acct.DPSGDPlan:
     prior = [count_component]
     sft = json.loads(SFT_LEDGER.read_text())
     if cfg["partition"] == sft["partition"]:  # the same records as DP-SFT: sequential composition
-        prior.append((P.as_float(sft["noise_multiplier"]), P.as_float(sft["sampling_rate"]), int(sft["steps"])))
+        prior.extend(acct.prv_components(ledger.event_from_json(sft["dp_event"])))  # its stored event
     return acct.plan_dp_sgd(params["rl"].get("privacy"), budget_name="rl.privacy", noisy_count=noisy_count,
                             sampling_rate=P.as_float(cfg["sampling_rate"]), steps=int(cfg["steps"]),
                             clip_norm=P.as_float(cfg["clip_norm"]), epochs_per_batch=int(cfg["epochs_per_batch"]),
@@ -80,37 +79,31 @@ def inputs(cfg: dict) -> tuple:
 def dp_ppo(params: dict, out) -> dict:
     cfg = params["rl"][STAGE]
     s = settings(cfg)
-    phash = P.params_hash(cfg, params["rl"].get("privacy"))
     prompts = pd.read_parquet(PROMPTS)
     prompts = prompts[prompts.partition == cfg["partition"]].reset_index(drop=True)
     if prompts.empty:
         raise InputError(PROMPTS, f"no prompt in part {cfg['partition']!r} (rl.dp_ppo.partition)", field="partition")
     p = plan(params)  # refuses unsafe settings before any model work
-    log.info("plan: q=%.4g T=%d sigma=%.4f (x%d epochs) C=%s -> epsilon %.3f (PLD), %.3f (PRV) at delta %g",
-             p.sampling_rate, p.steps, p.noise_multiplier, p.epochs_per_batch, p.clip_norm, p.composed_epsilon,
-             p.composed_epsilon_prv, p.delta)
     key = run_key(STAGE, (cfg, params["rl"].get("privacy"), p.as_dict()), inputs(cfg))
     # rollout randomness is keyed too: nobody without the key can replay a step's continuations
     rollout_seeds = DPRandom.for_purpose(f"{STAGE}/rollouts", *key, privacy=params["privacy"])
-    loop = DPLoop(STAGE, privacy=params["privacy"], run_key=key,
-                  steps=p.steps, noise_multiplier=p.effective_noise_multiplier, sampling_rate=p.sampling_rate,
-                  delta=p.delta, checkpoint_dir=CHECKPOINT_DIR, live_dir=LIVE_DIR,
-                  checkpoint_every=int(cfg["checkpoint_every"]))
+    scope = Scope(STAGE, dataset=DATASET, partition=cfg["partition"], privacy_unit="one prompt (all its rollouts)")
+    mech = DPSGDMechanism(scope, p, privacy=params["privacy"], run_key=key, checkpoint_dir=CHECKPOINT_DIR,
+                          live_dir=LIVE_DIR, checkpoint_every=cfg["checkpoint_every"])
     torch.manual_seed(int(cfg["seed"]))  # LoRA init only
     policy, tokenizer = lora_model(merged_model(GENERATOR_DIR, SFT_ADAPTER), cfg["lora"])
     reward = SentimentReward.load(REWARD_DIR)
-    dp = DPAdam(policy, lr=P.as_float(cfg["lr"]), noise_multiplier=p.noise_multiplier, clip_norm=p.clip_norm,
-                expected_batch_size=p.expected_batch_size, noise=loop.noise)
+    dp = mech.optimizer(policy, lr=P.as_float(cfg["lr"]))
     prompt_ids, prompt_keys = prompts.prompt_ids.map(list).tolist(), prompts.id.tolist()
     prompt_len = len(prompt_ids[0])
     start = first_adapted_layer(policy)
     loss_fn = ppo.ppo_loss(s.clip_range, prompt_len, start)
-    for step in loop.iterate(model=policy, optimizer=dp.optimizer, desc="DP-PPO steps"):
-        idx = poisson_sample(loop.sampler, len(prompt_ids), p.sampling_rate)
+    for step in mech.steps(desc="DP-PPO steps"):
+        idx = mech.sample(len(prompt_ids))
         if len(idx) == 0:
             for _epoch in range(p.epochs_per_batch):
                 dp.step([])  # an empty Poisson batch still takes its noise-only steps
-            loop.metrics.update(batch_size=0)
+            mech.metrics.update(batch_size=0)
             continue
         generators = ppo.rollout_seeds(lambda key, j, step=step: rollout_seeds.child_seed(step, key, j),
                                        [prompt_keys[i] for i in idx], s.rollouts)
@@ -122,15 +115,9 @@ def dp_ppo(params: dict, out) -> dict:
         micro = ppo.micro_batches(ids, hidden, old_logp, adv, s.rollouts, int(cfg["prompts_per_micro"]))
         for _epoch in range(p.epochs_per_batch):
             result = dp.step(micro, loss_fn=loss_fn)
-        loop.metrics.update(reward=float(rewards.mean()), kl=float(kl.mean()), batch_size=result.batch_size)
+        mech.metrics.update(reward=float(rewards.mean()), kl=float(kl.mean()), batch_size=result.batch_size)
     save_adapter(policy, out.path(ADAPTER_DIR))
-    entry = ledger.make_entry(stage=STAGE, mechanism="poisson_subsampled_gaussian", dataset=DATASET,
-                              partition=cfg["partition"], noise_multiplier=p.effective_noise_multiplier,
-                              sampling_rate=p.sampling_rate, steps=p.steps, sensitivity=p.clip_norm, delta=p.delta,
-                              event=acct.dp_sgd_event(p.effective_noise_multiplier, p.sampling_rate, p.steps),
-                              epochs_per_batch=p.epochs_per_batch, noise_multiplier_per_epoch=p.noise_multiplier,
-                              privacy_unit="one prompt (all its rollouts)", plan=p.as_dict(),
-                              secure_mode=not loop.noise.replayable, params_hash=phash)
+    entry = mech.ledger_entry(params_hash=P.params_hash(cfg, params["rl"].get("privacy")))
     out.write_json(entry, ledger.entry_path(STAGE))
     log.info("dp_ppo: epsilon %s (PRV %s) on partition %s of %s", entry["epsilon"], entry["epsilon_prv"],
              cfg["partition"], DATASET)

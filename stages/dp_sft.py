@@ -23,12 +23,13 @@ from dpinstruct.models.loading import GENERATOR_DIR
 from dpinstruct.models.lora import lora_model, save_adapter
 from dpinstruct.privacy import accounting as acct
 from dpinstruct.privacy import dp_count, ledger
-from dpinstruct.privacy.dp_adam import DPAdam, collate, micro_batches, poisson_sample
-from dpinstruct.privacy.dp_loop import DPLoop
 from dpinstruct.privacy.run_key import run_key
+from dpinstruct.training.dp_adam import collate, micro_batches
+from dpinstruct.training.mechanism import DPSGDMechanism, Scope
 
 log = logging.getLogger("stages.dp_sft")
-STAGE, DATASET, PARTITION = "dp_sft", "imdb", "sft"
+STAGE = "dp_sft"
+SCOPE = Scope(STAGE, dataset="imdb", partition="sft", privacy_unit="one review of the sft part")
 REVIEWS = Path("data/rl/sft.parquet")
 ADAPTER_DIR = Path("data/adapters/dp_sft")
 CHECKPOINT_DIR = Path("data/checkpoints/dp_sft")
@@ -44,41 +45,31 @@ def plan(params: dict) -> acct.DPSGDPlan:
     return acct.plan_dp_sgd(params["rl"].get("privacy"), budget_name="rl.privacy", noisy_count=noisy_count,
                             sampling_rate=P.as_float(cfg["sampling_rate"]), steps=int(cfg["steps"]),
                             clip_norm=P.as_float(cfg["clip_norm"]), prior=[count_component],
-                            prior_label=f"the DP count of the {PARTITION} part")
+                            prior_label=f"the DP count of the {SCOPE.partition} part")
 
 
 def dp_sft(params: dict, out) -> dict:
     cfg = params["rl"][STAGE]
-    phash = P.params_hash(cfg, params["rl"].get("privacy"))
     texts = pd.read_parquet(REVIEWS, columns=["text"]).text.tolist()
     p = plan(params)  # refuses unsafe settings before any model work
-    log.info("plan: q=%.4g T=%d sigma=%.4f C=%s -> epsilon %.3f (PLD), %.3f (PRV) at delta %g", p.sampling_rate,
-             p.steps, p.noise_multiplier, p.clip_norm, p.composed_epsilon, p.composed_epsilon_prv, p.delta)
-    key = run_key(STAGE, (cfg, params["rl"].get("privacy"), p.as_dict()), INPUTS)
-    loop = DPLoop(STAGE, privacy=params["privacy"], run_key=key,
-                  steps=p.steps, noise_multiplier=p.noise_multiplier, sampling_rate=p.sampling_rate, delta=p.delta,
-                  checkpoint_dir=CHECKPOINT_DIR, live_dir=LIVE_DIR, checkpoint_every=int(cfg["checkpoint_every"]))
+    mech = DPSGDMechanism(SCOPE, p, privacy=params["privacy"],
+                          run_key=run_key(STAGE, (cfg, params["rl"].get("privacy")), INPUTS),
+                          checkpoint_dir=CHECKPOINT_DIR, live_dir=LIVE_DIR, checkpoint_every=cfg["checkpoint_every"])
     torch.manual_seed(int(cfg["seed"]))  # LoRA init only
     model, tokenizer = lora_model(GENERATOR_DIR, cfg["lora"])
     examples = tokenizer(texts, add_special_tokens=False)["input_ids"]  # the whole text is the target
     lengths = np.array([len(e) for e in examples])
-    dp = DPAdam(model, lr=P.as_float(cfg["lr"]), noise_multiplier=p.noise_multiplier, clip_norm=p.clip_norm,
-                expected_batch_size=p.expected_batch_size, noise=loop.noise)
-    for _ in loop.iterate(model=model, optimizer=dp.optimizer, desc="DP-SFT steps"):
-        idx = poisson_sample(loop.sampler, len(examples), p.sampling_rate)
+    dp = mech.optimizer(model, lr=P.as_float(cfg["lr"]))
+    for _ in mech.steps(desc="DP-SFT steps"):
         micro = [collate([examples[i] for i in b], 0, tokenizer.pad_token_id)
-                 for b in micro_batches(idx, lengths, int(cfg["micro_batch_tokens"]))]
+                 for b in micro_batches(mech.sample(len(examples)), lengths, int(cfg["micro_batch_tokens"]))]
         result = dp.step(micro)
-        loop.metrics.update(loss=result.loss, batch_size=result.batch_size)
+        mech.metrics.update(loss=result.loss, batch_size=result.batch_size)
     save_adapter(model, out.path(ADAPTER_DIR))
-    entry = ledger.make_entry(stage=STAGE, mechanism="poisson_subsampled_gaussian", dataset=DATASET,
-                              partition=PARTITION, noise_multiplier=p.effective_noise_multiplier,
-                              sampling_rate=p.sampling_rate, steps=p.steps, sensitivity=p.clip_norm, delta=p.delta,
-                              event=acct.dp_sgd_event(p.effective_noise_multiplier, p.sampling_rate, p.steps),
-                              plan=p.as_dict(), secure_mode=not loop.noise.replayable, params_hash=phash)
+    entry = mech.ledger_entry(params_hash=P.params_hash(cfg, params["rl"].get("privacy")))
     out.write_json(entry, ledger.entry_path(STAGE))
-    log.info("dp_sft: epsilon %s (PRV %s) on partition %s of %s", entry["epsilon"], entry["epsilon_prv"], PARTITION,
-             DATASET)
+    log.info("dp_sft: epsilon %s (PRV %s) on partition %s of %s", entry["epsilon"], entry["epsilon_prv"],
+             SCOPE.partition, SCOPE.dataset)
     return entry
 
 

@@ -68,7 +68,7 @@ def histogram(params: dict, out) -> dict:
     out.write_json(report, quality.report_path("histogram/noisy_histogram"))
     delta = P.as_float(privacy["delta"])
     entry = ledger.make_entry(stage=STAGE, mechanism="gaussian", dataset=DATASET, partition="all",
-                              noise_multiplier=sigma, sampling_rate=1.0, steps=1, sensitivity=1.0, delta=delta,
+                              sensitivity=1.0, delta=delta,
                               event=acct.histogram_event(sigma), secure_mode=secure, params_hash=phash,
                               neighbouring=acct.NEIGHBOURING if units is None else user_level.NEIGHBOURING)
     out.write_json(entry, ledger.entry_path(STAGE))

@@ -3,7 +3,7 @@
 ``data.public_path`` -> data/prepared/public.parquet, class public, with the same cleaning rules as
 the private set (``prepare.min_tokens`` ... in dpinstruct/text/cleaning.py) and an optional seeded cap
 ``prepare_public.size``. This stage never reads private data: that is why it is not part of
-`prepare`, and the lineage check (dpinstruct/privacy/lineage.py) verifies it on the DAG.
+`prepare`, and the lineage check (dpinstruct/tools/lineage.py) verifies it on the DAG.
 """
 from __future__ import annotations
 

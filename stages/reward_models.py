@@ -21,10 +21,10 @@ from tqdm import tqdm
 
 from dpinstruct.io import params as P
 from dpinstruct.io.runner import run_stage
-from dpinstruct.privacy.dp_adam import DPAdam
 from dpinstruct.privacy.randomness import DPRandom
 from dpinstruct.rl import bradley_terry as bt
 from dpinstruct.rl.preference_reward import Backbone, PreferenceReward
+from dpinstruct.training.dp_adam import DPAdam
 
 log = logging.getLogger("stages.reward_models")
 STAGE = "reward_models"

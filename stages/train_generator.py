@@ -11,7 +11,7 @@ data/checkpoints/train_generator let a killed run resume bit-identically. Poisso
 noise come from secret-keyed streams bound to this run's whole run key: params, the train split, the
 base weights, the DP count and the code (dpinstruct/privacy/run_key.py, randomness.py);
 ``train_generator.seed`` drives only the LoRA initialisation. The loop itself is
-dpinstruct/models/dp_generator.py.
+dpinstruct/training/dp_generator.py.
 """
 from __future__ import annotations
 
@@ -22,19 +22,17 @@ import pandas as pd
 
 from dpinstruct.io import params as P
 from dpinstruct.io.runner import run_stage
-from dpinstruct.models import dp_generator
 from dpinstruct.models.loading import GENERATOR_DIR
 from dpinstruct.models.lora import save_adapter
-from dpinstruct.privacy import accounting as acct
 from dpinstruct.privacy import dp_count, ledger, user_level
 from dpinstruct.privacy.run_key import run_key
+from dpinstruct.training import dp_generator
 
 log = logging.getLogger("stages.train_generator")
 TRAIN = Path("data/prepared/train.parquet")
 ADAPTER_DIR = Path("data/adapters/generator")
 CHECKPOINT_DIR = Path("data/checkpoints/train_generator")
 LIVE_DIR = Path("dvclive/train_generator")
-DATASET = "instructions"  # the private dataset this mechanism touches (ledger, composition)
 COUNT = "instructions"    # its DP count (stage dp_count@instructions)
 # Every file or folder the stage reads: bound into its DP streams (a test checks dvc.yaml's deps agree).
 INPUTS = (TRAIN, GENERATOR_DIR, dp_count.entry_path(COUNT))
@@ -52,19 +50,12 @@ def train(params: dict, out) -> dict:
         count_component=count_component,
         run_key=run_key(STAGE, (params[STAGE], params.get("privacy"), params.get("histogram"), params.get("user_level")),
                         INPUTS), checkpoint_dir=CHECKPOINT_DIR, live_dir=LIVE_DIR)
-    p = fitted.plan
     save_adapter(fitted.model, out.path(ADAPTER_DIR))
-    event = acct.dp_sgd_event(p.noise_multiplier, p.sampling_rate, p.steps)
-    entry = ledger.make_entry(stage=STAGE, mechanism="poisson_subsampled_gaussian", dataset=DATASET, partition="all",
-                              noise_multiplier=p.noise_multiplier,
-                              sampling_rate=p.sampling_rate, steps=p.steps, sensitivity=p.clip_norm, delta=p.delta,
-                              event=event, plan=p.as_dict(), secure_mode=not fitted.replayable, params_hash=phash,
-                              neighbouring=fitted.neighbouring,
-                              **({} if units is None else {
-                                  "max_records_per_user": user_level.max_records(params.get("user_level"))}))
+    entry = fitted.mechanism.ledger_entry(params_hash=phash, **({} if units is None else {
+        "max_records_per_user": user_level.max_records(params.get("user_level"))}))
     out.write_json(entry, ledger.entry_path(STAGE))
     log.info("epsilon of this stage alone: %s (PRV %s); planned release epsilon %.3f", entry["epsilon"],
-             entry["epsilon_prv"], p.composed_epsilon)
+             entry["epsilon_prv"], fitted.plan.composed_epsilon)
     return entry
 
 

@@ -28,7 +28,7 @@ from dpinstruct.io.runner import run_stage
 from dpinstruct.models.instruction_loss import row_nll
 from dpinstruct.models.loading import GENERATOR_DIR, load_generator
 from dpinstruct.models.lora import merged_model
-from dpinstruct.privacy.dp_adam import build_examples, collate, micro_batches
+from dpinstruct.training.dp_adam import build_examples, collate, micro_batches
 
 log = logging.getLogger("stages.val_nll")
 STAGE = "val_nll"

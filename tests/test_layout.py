@@ -1,4 +1,4 @@
-"""The layout rules (dpinstruct/layout.py) hold on the project, and fail on deliberately mis-placed
+"""The layout rules (dpinstruct/tools/layout.py) hold on the project, and fail on deliberately mis-placed
 modules; dvc.yaml is the single record of lineage and agrees with the stage modules."""
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from dpinstruct import layout
+from dpinstruct.tools import layout
 
 REPO = Path(__file__).resolve().parents[1]
 RAW = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
@@ -75,6 +75,21 @@ def test_library_code_a_stage_imports_without_a_dep_is_caught(copy):
     assert "stage resample: imports dpinstruct/text/stats.py, which no dep in dvc.yaml covers" in layout.problems(copy)
 
 
+def test_code_deps_are_exactly_the_import_closure():
+    # not only covering: a dep the code no longer imports re-runs the stage for nothing
+    assert layout.write_code_deps(REPO, check=True) == [], "run `dpinstruct deps` to rewrite them"
+
+
+def test_the_deps_writer_restores_a_dropped_dep_and_drops_a_stale_one(copy):
+    text = (copy / "dvc.yaml").read_text()
+    assert "      - dpinstruct/embeddings/resampling.py\n" in text
+    (copy / "dvc.yaml").write_text(text.replace("      - dpinstruct/embeddings/resampling.py\n",
+                                                "      - dpinstruct/text/stats.py\n", 1))
+    assert layout.write_code_deps(copy, check=True) == ["resample"]
+    assert layout.write_code_deps(copy) == ["resample"]
+    assert (copy / "dvc.yaml").read_text() == text and layout.problems(copy) == []
+
+
 def test_a_stage_without_its_module_is_caught(copy):
     (copy / "stages/cluster.py").unlink()
     assert "stage cluster in dvc.yaml has no module stages/cluster.py" in layout.problems(copy)
@@ -95,7 +110,7 @@ def test_prepare_outputs_match_dvc_yaml():
 
 
 def test_top_level_plots_point_at_stage_outputs_or_the_sweep():
-    from dpinstruct import sweep
+    from dpinstruct.tools import sweep
 
     files = {f for plot in yaml.safe_load((REPO / "dvc.yaml").read_text())["plots"]
              for spec in plot.values() for f in spec["y"]}
@@ -123,11 +138,14 @@ def test_embed_sets_and_expected_ledger_entries_match_dvc_yaml():
     mechanisms = {f"{name}@{item}" if "foreach" in RAW[name] else name
                   for name, stage in DVC.items() if stage.get("meta", {}).get("dp_mechanism")
                   for item in RAW[name].get("foreach", [None])}
-    assert mechanisms == {stage for stages in account.EXPECTED.values() for stage in stages}
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    assert mechanisms == {stage for stages in account.datasets(params)[1].values() for stage in stages}
+    # account reads every mechanism's ledger entry: each one is its dep, so a re-run mechanism re-runs it
+    assert {f"metrics/privacy/{m}.json" for m in mechanisms} <= set(DVC["account"]["deps"])
     from stages import dp_count
 
-    assert {k: v["input"] for k, v in RAW["dp_count"]["foreach"].items()} == \
-        {k: c.input.as_posix() for k, c in dp_count.COUNTED.items()}
+    assert {k: (v["input"], v["dataset"]) for k, v in RAW["dp_count"]["foreach"].items()} == \
+        {k: (c.input.as_posix(), c.dataset) for k, c in dp_count.COUNTED.items()}
 
 
 def _data_deps(stage: dict) -> set[str]:

@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from dpinstruct import cli, sweep
+from dpinstruct import cli
+from dpinstruct.tools import sweep
 
 TOY = '''
 import json, math, yaml

@@ -1,4 +1,4 @@
-"""`dpinstruct tune` (dpinstruct/tuning.py): both commands run end to end on public data only, in a
+"""`dpinstruct tune` (dpinstruct/tools/tuning.py): both commands run end to end on public data only, in a
 scratch project that also holds private files as tripwires, and never open one of them; a table
 whose lineage metadata is not public is refused; the per-prompt norms are those DPAdam clips; the
 generator-lr runs are calibrated exactly as the real train_generator run."""
@@ -17,12 +17,13 @@ import pytest
 import torch
 import yaml
 
-from dpinstruct import cli, tuning
+from dpinstruct import cli
 from dpinstruct.io.artifacts import table_metadata, write_parquet
 from dpinstruct.io.errors import ConfigError, InputError
 from dpinstruct.models.loading import load_tokenizer
 from dpinstruct.rl.data import PROMPT_SCHEMA
 from dpinstruct.text.cleaning import SCHEMA
+from dpinstruct.tools import tuning
 
 REPO = Path(__file__).resolve().parents[1]
 FLAN = REPO / "data/raw/flan_v2_cot/instructions.jsonl"
@@ -128,7 +129,7 @@ def test_ppo_clip_runs_on_public_prompts_only(public_project, opened):
 
 
 def test_generator_lr_runs_on_public_rows_only_with_the_real_runs_calibration(public_project, opened, repo_params):
-    from dpinstruct.models import dp_generator
+    from dpinstruct.training import dp_generator
 
     out = public_project / "lr.json"
     # 2 steps (T = round(0.06 / 0.03)); everything else at the defaults

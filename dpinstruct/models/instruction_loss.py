@@ -16,7 +16,7 @@ import torch
 
 from dpinstruct.models.token_logprob import target_logprobs
 from dpinstruct.models.trunk import output_head, top_hidden, trunk
-from dpinstruct.privacy.dp_adam import IGNORE
+from dpinstruct.training.dp_adam import IGNORE
 
 
 def row_nll(model, batch: dict[str, torch.Tensor], start: int) -> tuple[torch.Tensor, torch.Tensor]:

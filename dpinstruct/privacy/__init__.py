@@ -1,10 +1,10 @@
 """Privacy: the semantics every DP stage of the pipeline follows, stated once here.
 
-Threat model: published are the export bundle (``dpinstruct export``, ``bundle``) and every
+Threat model: published are the export bundle (``dpinstruct export``, ``dpinstruct.tools.bundle``) and every
 dp-class output; the attacker is assumed to hold all of it, plus params.yaml and the code. The git
 repository (including dvc.lock and the private-class metrics) and the DVC remote hold private
 information: they stay with the data owner. Even there, raw private inputs go to DVC (cache and
-remote), never into git history (``lineage`` refuses a private input that git tracks), and the
+remote), never into git history (``dpinstruct.tools.lineage`` refuses a private input that git tracks), and the
 secret key behind the DP randomness goes into neither (``randomness``). Every guarantee below is
 against this attacker.
 
@@ -37,7 +37,7 @@ published numbers gives it (tests/privacy/test_release_attack.py computes them a
 
 Mechanisms and their sensitivities:
 
-* DP-Adam (Algorithm 1, ``dp_adam``): T steps; each step includes every record independently with
+* DP-Adam (Algorithm 1, ``dpinstruct.training.dp_adam``): T steps; each step includes every record independently with
   probability q (Poisson sampling); each included record's gradient is clipped to L2 norm C, so
   adding or removing a record moves the summed gradient by at most C; Gaussian noise of std sigma C
   is added to the sum once per step. Event: T-fold self-composition of PoissonSampled(q,
@@ -54,7 +54,7 @@ Mechanisms and their sensitivities:
   be below 1/(number of users). Same events as above, over users.
 
 * DP-PPO (Wu et al., ``dpinstruct.rl.ppo``): the unit is one prompt; the gradient of all its
-  rollouts' losses is averaged into one (``dp_adam.group_by_unit``) and clipped to C, so adding or
+  rollouts' losses is averaged into one (``dpinstruct.training.dp_adam.group_by_unit``) and clipped to C, so adding or
   removing a prompt moves the sum by at most C; otherwise as DP-Adam.
 * DP count (``dp_count``): N + N(0, sigma_c^2), sensitivity 1. Event: Gaussian(sigma_c). It only
   scales the DP-SGD updates and feeds the delta check; it never chooses q, T or sigma (that would be
@@ -66,11 +66,11 @@ opacus PRV cross-check; the budget is met by both), disjoint partitions of a dat
 and different datasets have separate guarantees. The release's mechanisms (generator, histogram)
 all read the same instructions. What
 is computed from DP outputs and public data only (the pool, the clusters, the release) is
-post-processing and costs nothing more; ``lineage`` checks on the DVC graph that nothing else
-reaches a dp or public artifact, and ``bundle`` publishes only dp and public files.
+post-processing and costs nothing more; ``dpinstruct.tools.lineage`` checks on the DVC graph that nothing else
+reaches a dp or public artifact, and ``dpinstruct.tools.bundle`` publishes only dp and public files.
 
 Evidence beside the proofs: ``audit`` (the one-run lower bound of Steinke et al. 2023, run by
-``dpinstruct audit`` on canaries, ``dpinstruct.canary_audit``) and the memorisation gate (stage
+``dpinstruct audit`` on canaries, ``dpinstruct.tools.canary_audit``) and the memorisation gate (stage
 ``memorisation``).
 
 Randomness: every DP random number (sampling, noise, DP-PPO's rollouts) comes from ``randomness``,

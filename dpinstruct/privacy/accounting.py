@@ -112,6 +112,35 @@ def epsilon_prv(components: list[tuple[float, float, int]], delta: float) -> flo
     return _ANSWERS[key]
 
 
+def prv_components(event: dp_accounting.DpEvent) -> list[Component] | None:
+    """The components (sigma, q, T) of opacus' PRV accountant that make up ``event``, or None when
+    it holds a mechanism that accountant does not model (the PRV cross-check is then skipped and the
+    ledger says so). A non-private event is the component (0, 1, 1): its epsilon is infinite."""
+    if isinstance(event, dp_accounting.NonPrivateDpEvent):
+        return [(0.0, 1.0, 1)]
+    if isinstance(event, dp_accounting.GaussianDpEvent):
+        return [(float(event.noise_multiplier), 1.0, 1)]
+    if isinstance(event, dp_accounting.PoissonSampledDpEvent) and \
+            isinstance(event.event, dp_accounting.GaussianDpEvent):
+        return [(float(event.event.noise_multiplier), float(event.sampling_probability), 1)]
+    if isinstance(event, dp_accounting.SelfComposedDpEvent):
+        inner = prv_components(event.event)
+        if inner is None or len(inner) != 1:
+            return None if inner is None else inner * int(event.count)
+        sigma, q, steps = inner[0]
+        return [(sigma, q, steps * int(event.count))]
+    if isinstance(event, dp_accounting.ComposedDpEvent):
+        parts = [prv_components(e) for e in event.events]
+        return None if any(p is None for p in parts) else [c for p in parts for c in p]
+    return None
+
+
+def epsilon_prv_of(events: list[dp_accounting.DpEvent], delta: float) -> float | None:
+    """PRV epsilon of the composition of ``events``, or None where opacus' PRV does not model one."""
+    parts = [prv_components(e) for e in events]
+    return None if any(p is None for p in parts) else epsilon_prv([c for p in parts for c in p], delta)
+
+
 def check_delta(delta: float, n_records: float, name: str = "privacy.delta") -> None:
     """Refuses delta >= 1/N; N is the DP count N~ (``dp_count``), so that no decision of the
     pipeline, a refusal included, depends on an exact private count."""
@@ -217,25 +246,6 @@ def _bisect(epsilon_of, target: float, tolerance: float) -> tuple[float, float]:
     return lo, hi
 
 
-@dataclass(frozen=True)
-class GeneratorPlan:
-    """The generator's DP-SGD settings, fixed before training so that the release meets its budget."""
-    private: bool
-    noise_multiplier: float
-    clip_norm: float
-    sampling_rate: float
-    steps: int
-    expected_batch_size: float    # the divisor q x N~ (N~: the DP count), public
-    delta: float
-    target_epsilon: float
-    histogram_sigma: float
-    composed_epsilon: float       # PLD, generator + histogram
-    composed_epsilon_prv: float   # opacus PRV cross-check of the same composition
-
-    def as_dict(self) -> dict:
-        return asdict(self)
-
-
 def required_params(privacy: dict | None, histogram: dict | None) -> tuple[float, float, float]:
     """(privacy.epsilon, privacy.delta, histogram.sigma) as floats; refuses a missing one."""
     from dpinstruct.io.params import as_float
@@ -265,37 +275,27 @@ def divisor(sampling_rate: float, noisy_count: float) -> float:
 
 
 def plan_generator(privacy: dict, histogram: dict, *, noisy_count: float, prior: list[Component],
-                   sampling_rate: float, epochs: float, clip_norm: float) -> GeneratorPlan:
-    """Budget first: calibrate the generator's noise so the COMPOSED release epsilon meets the target.
-
-    q (`sampling_rate`), T = round(epochs / q) and sigma depend on params only (fixed before any
-    private data is read, so the composition is non-adaptive), never on N. ``noisy_count`` is the
-    DP count of the records (its ledger entry is in ``prior`` with the histogram's): it sets the
-    divisor q x N~ and serves the delta < 1/N refusal. Refuses (PrivacyConfigError) a missing privacy
-    param, delta >= 1/N~, q outside (0, 1], a histogram without noise in a private run, and a budget
-    that no noise level can meet.
-    """
-    epsilon, delta, _ = required_params(privacy, histogram)
+                   sampling_rate: float, epochs: float, clip_norm: float) -> DPSGDPlan:
+    """Budget first for Algorithm 1: the generator's plan, T = round(epochs / q) steps, calibrated so
+    that the COMPOSED release (with the ``prior``: the histogram of Algorithm 2 and the DP count)
+    meets ``privacy``. Refuses, besides ``plan_dp_sgd``'s cases, a histogram without noise in a
+    private run and non-positive epochs."""
+    epsilon, _, _ = required_params(privacy, histogram)
+    if not epochs > 0:
+        raise PrivacyConfigError(f"train_generator.epochs={epochs} must be positive")
     if not 0 < sampling_rate <= 1:
         raise PrivacyConfigError(f"train_generator.sampling_rate={sampling_rate} must be in (0, 1]")
-    if epochs <= 0 or epsilon <= 0:
-        raise PrivacyConfigError(f"epochs ({epochs}) and privacy.epsilon ({epsilon}) must be positive")
-    q, steps = sampling_rate, max(1, round(epochs / sampling_rate))
-    batch = divisor(q, noisy_count)
-    if math.isinf(epsilon):
-        return GeneratorPlan(False, 0.0, math.inf, q, steps, batch, delta, epsilon, 0.0, math.inf, math.inf)
     hist_sigma = histogram_noise(privacy, histogram, noisy_count)
-    sigma, composed, composed_prv = calibrate_noise_multiplier(
-        epsilon, delta, q, steps, list(prior),
-        prior_label=f"the histogram (histogram.sigma={hist_sigma}) and the DP count", hint="; raise histogram.sigma, "
-        "dp_count.sigma or privacy.epsilon")
-    return GeneratorPlan(True, sigma, clip_norm, q, steps, batch, delta, epsilon, hist_sigma,
-                         round_up(composed), round_up(composed_prv))
+    return plan_dp_sgd(privacy, budget_name="privacy", section="train_generator", noisy_count=noisy_count,
+                       sampling_rate=sampling_rate, steps=max(1, round(epochs / sampling_rate)), clip_norm=clip_norm,
+                       prior=prior, prior_label=f"the histogram (histogram.sigma={hist_sigma}) and the DP count",
+                       hint="; raise histogram.sigma, dp_count.sigma or privacy.epsilon")
 
 
 @dataclass(frozen=True)
 class DPSGDPlan:
-    """A DP-SGD mechanism's settings (DP-SFT, DP-PPO), fixed before training to meet its budget.
+    """A DP-SGD mechanism's settings (the generator, DP-SFT, DP-PPO, the reward model), fixed before
+    training from params and the DP count alone, to meet its budget.
 
     ``noise_multiplier`` is per gradient step. A sampled batch used for ``epochs_per_batch``
     gradient steps (PPO epochs) is ``epochs_per_batch`` Gaussian mechanisms on one Poisson sample,
@@ -318,13 +318,24 @@ class DPSGDPlan:
     def effective_noise_multiplier(self) -> float:
         return self.noise_multiplier / math.sqrt(self.epochs_per_batch)
 
+    def event(self) -> dp_accounting.DpEvent:
+        """The mechanism's DpEvent: what its ledger entry stores and ``account`` composes."""
+        return dp_sgd_event(self.effective_noise_multiplier, self.sampling_rate, self.steps)
+
+    def describe(self) -> str:
+        return (f"q={self.sampling_rate:.4g} T={self.steps} sigma={self.noise_multiplier:.4f}"
+                + (f" (x{self.epochs_per_batch} epochs)" if self.epochs_per_batch != 1 else "")
+                + f" C={self.clip_norm} -> epsilon {self.composed_epsilon:.3f} (PLD), {self.composed_epsilon_prv:.3f} "
+                  f"(PRV) at delta {self.delta:g}, with the mechanisms before it on these records")
+
     def as_dict(self) -> dict:
         return asdict(self)
 
 
 def plan_dp_sgd(budget: dict | None, *, budget_name: str, noisy_count: float, sampling_rate: float, steps: int,
                 clip_norm: float, epochs_per_batch: int = 1, prior: list[Component] = (),
-                prior_label: str = "the mechanisms before it on these records") -> DPSGDPlan:
+                prior_label: str = "the mechanisms before it on these records", section: str = "",
+                hint: str = "") -> DPSGDPlan:
     """Budget first for a DP-SGD stage: calibrate its noise so that it and the ``prior``
     components on the same records (its DP count, and e.g. DP-SFT when DP-PPO reads the same part)
     meet ``budget`` (epsilon, delta) by both accountants. ``noisy_count`` (the DP count N~) gives
@@ -337,7 +348,7 @@ def plan_dp_sgd(budget: dict | None, *, budget_name: str, noisy_count: float, sa
             raise PrivacyConfigError(f"params.yaml must set {budget_name}.{key} (epsilon .inf for a non-private run)")
     epsilon, delta = as_float(budget["epsilon"]), as_float(budget["delta"])
     if not 0 < sampling_rate <= 1:
-        raise PrivacyConfigError(f"sampling_rate={sampling_rate} must be in (0, 1]")
+        raise PrivacyConfigError(f"{section + '.' if section else ''}sampling_rate={sampling_rate} must be in (0, 1]")
     if steps < 1 or epochs_per_batch < 1 or epsilon <= 0:
         raise PrivacyConfigError(f"steps ({steps}), epochs_per_batch ({epochs_per_batch}) and {budget_name}.epsilon "
                                  f"({epsilon}) must be positive")
@@ -347,6 +358,7 @@ def plan_dp_sgd(budget: dict | None, *, budget_name: str, noisy_count: float, sa
                          epsilon, math.inf, math.inf)
     check_delta(delta, noisy_count, f"{budget_name}.delta")
     effective, composed, composed_prv = calibrate_noise_multiplier(
-        epsilon, delta, sampling_rate, steps, list(prior), prior_label=prior_label, target_name=f"{budget_name}.epsilon")
+        epsilon, delta, sampling_rate, steps, list(prior), prior_label=prior_label, hint=hint,
+        target_name=f"{budget_name}.epsilon")
     return DPSGDPlan(True, effective * math.sqrt(epochs_per_batch), clip_norm, sampling_rate, steps, epochs_per_batch,
                      batch, delta, epsilon, round_up(composed), round_up(composed_prv))

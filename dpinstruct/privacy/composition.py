@@ -20,7 +20,6 @@ from __future__ import annotations
 import math
 from collections import defaultdict
 
-from dpinstruct.io.params import as_float
 from dpinstruct.privacy import accounting as acct
 from dpinstruct.privacy import ledger
 
@@ -28,11 +27,12 @@ SEQUENTIAL = "dp_accounting PLD (sequential composition within a partition)"
 PARALLEL = "parallel composition across disjoint partitions: the maximum"
 
 
-def compose_partition(entries: list[dict], delta: float) -> tuple[float, float]:
-    """(PLD epsilon, PRV epsilon) of the entries of one partition composed sequentially, rounded up."""
-    events = [ledger.event_from_json(e["dp_event"]) for e in entries]
-    components = [(as_float(e["noise_multiplier"]), as_float(e["sampling_rate"]), int(e["steps"])) for e in entries]
-    return acct.round_up(acct.epsilon_pld(events, delta)), acct.round_up(acct.epsilon_prv(components, delta))
+def compose_partition(entries: list[dict], delta: float) -> tuple[float, float | None]:
+    """(PLD epsilon, PRV epsilon) of the entries of one partition composed sequentially, rounded up;
+    PRV is None when opacus' PRV does not model one of the stored events."""
+    events = [ledger.event_from_json(e["dp_event"]) for e in entries]  # the stored events, nothing rebuilt
+    prv = acct.epsilon_prv_of(events, delta)
+    return acct.round_up(acct.epsilon_pld(events, delta)), None if prv is None else acct.round_up(prv)
 
 
 def compose_dataset(entries: list[dict], delta: float) -> dict:
@@ -45,6 +45,7 @@ def compose_dataset(entries: list[dict], delta: float) -> dict:
         pld, prv = compose_partition(part, delta)
         partitions[name] = {"epsilon": pld, "epsilon_prv": prv, "stages": sorted(e["stage"] for e in part)}
     epsilon = max(p["epsilon"] for p in partitions.values())
-    epsilon_prv = max(p["epsilon_prv"] for p in partitions.values())
+    prvs = [p["epsilon_prv"] for p in partitions.values()]
+    epsilon_prv = None if None in prvs else max(prvs)  # null: PRV does not model every event
     return {"epsilon": epsilon, "epsilon_prv": epsilon_prv, "delta": delta, "private": not math.isinf(epsilon),
             "accountant": SEQUENTIAL + ("; " + PARALLEL if len(partitions) > 1 else ""), "partitions": partitions}

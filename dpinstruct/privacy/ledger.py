@@ -19,7 +19,7 @@ from pathlib import Path
 import dp_accounting
 
 from dpinstruct.io.fingerprint import fingerprint
-from dpinstruct.privacy.accounting import NEIGHBOURING, epsilon_pld, epsilon_prv, round_up
+from dpinstruct.privacy.accounting import NEIGHBOURING, epsilon_pld, epsilon_prv_of, prv_components, round_up
 
 LEDGER_DIR = Path("metrics/privacy")
 DATASET_SIZE = ("not published: q, T and sigma come from params.yaml; where a size is needed, the DP count N~ "
@@ -61,22 +61,34 @@ def finite(x):
     return x
 
 
-def make_entry(*, stage: str, mechanism: str, dataset: str, partition: str, noise_multiplier: float,
-               sampling_rate: float, steps: int, sensitivity: float, delta: float, event: dp_accounting.DpEvent,
-               neighbouring: str = NEIGHBOURING, **extra) -> dict:
-    """A ledger entry with this stage's own epsilon (PLD) and its PRV cross-check. ``dataset`` and
-    ``partition`` say which private records it touches (``composition`` composes by them);
-    ``neighbouring`` is the relation the guarantee holds under (a record, or a user)."""
-    private = noise_multiplier > 0
+def make_entry(*, stage: str, mechanism: str, dataset: str, partition: str, event: dp_accounting.DpEvent,
+               sensitivity: float, delta: float, neighbouring: str = NEIGHBOURING, **extra) -> dict:
+    """A ledger entry written FROM the mechanism's DpEvent, the one source of truth ``account``
+    composes: its epsilon (PLD), the PRV cross-check where opacus models the event (else null), and
+    the event's noise multiplier, sampling rate and steps when it is one (subsampled) Gaussian
+    component. ``dataset`` and ``partition`` say which private records it touches (``composition``
+    composes by them); ``neighbouring`` is the relation the guarantee holds under (a record, or a user)."""
+    components = prv_components(event)
+    private = not isinstance(event, dp_accounting.NonPrivateDpEvent)
+    single = dict(zip(("noise_multiplier", "sampling_rate", "steps"), components[0])) \
+        if components is not None and len(components) == 1 else {}
+    derived = sorted({"noise_multiplier", "noise_std", "epsilon", "epsilon_prv"} & set(extra)
+                     | ({"sampling_rate", "steps"} & set(extra) if private else set()))
+    if derived:  # two sources for one number could drift apart; only a non-private run states its q and T
+        raise TypeError(f"make_entry: {derived} come from the event, not from arguments")
+    if not private:
+        single.update({k: extra.pop(k) for k in ("sampling_rate", "steps") if k in extra})
+    prv = epsilon_prv_of([event], delta)
     return finite({
         "stage": stage, "mechanism": mechanism, "private": private, "dataset": dataset, "partition": partition,
-        "noise_multiplier": noise_multiplier, "sampling_rate": sampling_rate, "steps": steps,
-        "sensitivity": sensitivity, "noise_std": noise_multiplier * sensitivity if private else 0.0,
+        **single, "sensitivity": sensitivity,
+        **({"noise_std": single["noise_multiplier"] * sensitivity if private else 0.0} if single else {}),
         "neighbouring": neighbouring, "delta": delta,
         "epsilon": round_up(epsilon_pld([event], delta)),
-        "epsilon_prv": round_up(epsilon_prv([(noise_multiplier, sampling_rate, steps)], delta)),
+        "epsilon_prv": None if prv is None else round_up(prv),
         "dataset_size": DATASET_SIZE,
-        "accountant": "dp_accounting PLD (cross-check: opacus PRV)",
+        "accountant": "dp_accounting PLD (cross-check: opacus PRV" + (")" if prv is not None else
+                                                                       ", which does not model this event)"),
         "dp_event": event_to_json(event), "fingerprint": fingerprint(), **extra,
     })
 

@@ -16,9 +16,9 @@ import hashlib
 from pathlib import Path
 
 from dpinstruct.io.artifacts import file_digest
+from dpinstruct.io.code_closure import imported_files
 from dpinstruct.io.errors import MissingInputError
 from dpinstruct.io.params import params_hash
-from dpinstruct.layout import imported_files
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -8,7 +8,7 @@ the splits). Neighbouring relation: add or remove ONE USER with all of their ins
   sampled user, at most ``max_records_per_user`` records take part, drawn uniformly without
   replacement from the same secret stream (the cap bounds the work of one step, not the privacy:
   clipping does that). The user's records are averaged into ONE gradient
-  (``dp_adam.group_by_unit``), which opacus clips to C: adding or removing a user moves the summed
+  (``dpinstruct.training.dp_adam.group_by_unit``), which opacus clips to C: adding or removing a user moves the summed
   gradient by at most C. The event is the same PoissonSampled(q, Gaussian(sigma)) per step, over users.
 * Histogram (Algorithm 2): a user with n records spreads ONE vote over the clusters, 1/n per record
   (``user_votes``). The user's vote vector has L1 norm 1, so its L2 norm is at most 1: adding or

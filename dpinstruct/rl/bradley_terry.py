@@ -11,7 +11,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from dpinstruct.privacy.dp_adam import poisson_sample
+from dpinstruct.training.dp_adam import poisson_sample
 
 
 class BradleyTerryHead(torch.nn.Module):

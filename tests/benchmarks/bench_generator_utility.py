@@ -20,12 +20,12 @@ import pandas as pd
 import torch
 
 from dpinstruct.io import params as P
-from dpinstruct.models import dp_generator, sampler
 from dpinstruct.models.instruction_loss import row_nll
 from dpinstruct.privacy import dp_count
-from dpinstruct.privacy.dp_adam import build_examples, collate, micro_batches
 from dpinstruct.text.filters import dedup
 from dpinstruct.text.generation_parsing import parse
+from dpinstruct.training import dp_generator, sampler
+from dpinstruct.training.dp_adam import build_examples, collate, micro_batches
 
 
 def apply(params: dict, overrides: dict) -> dict:

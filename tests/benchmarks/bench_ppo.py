@@ -24,10 +24,10 @@ from dpinstruct.io import params as P
 from dpinstruct.models.loading import GENERATOR_DIR
 from dpinstruct.models.lora import lora_model, merged_model
 from dpinstruct.models.trunk import first_adapted_layer
-from dpinstruct.privacy.dp_adam import DPAdam
 from dpinstruct.privacy.randomness import DPRandom
 from dpinstruct.rl import ppo
 from dpinstruct.rl.reward import SentimentReward
+from dpinstruct.training.dp_adam import DPAdam
 from stages import dp_ppo as stage
 
 

@@ -23,10 +23,10 @@ import pandas as pd
 from dpinstruct.io import params as P
 from dpinstruct.privacy import accounting as acct
 from dpinstruct.privacy import dp_count
-from dpinstruct.privacy.dp_adam import DPAdam
 from dpinstruct.privacy.randomness import DPRandom
 from dpinstruct.rl import bradley_terry as bt
 from dpinstruct.rl.preference_reward import Backbone, accuracy
+from dpinstruct.training.dp_adam import DPAdam
 
 
 def main() -> None:

@@ -40,7 +40,7 @@ LEVERS = {"loss": "fused", "layers": None, "bf16": False, "compile": None}
 def setup():
     from dpinstruct.models.loading import GENERATOR_DIR
     from dpinstruct.models.lora import lora_model
-    from dpinstruct.privacy.dp_adam import build_examples
+    from dpinstruct.training.dp_adam import build_examples
 
     cfg = yaml.safe_load(open("params.yaml"))["train_generator"]
     torch.manual_seed(0)
@@ -68,13 +68,13 @@ def loss_for(model):
     """The stage's loss (fused, from the first adapted block), or the plain one it replaced."""
     from dpinstruct.models.instruction_loss import instruction_loss
     from dpinstruct.models.trunk import first_adapted_layer
-    from dpinstruct.privacy import dp_adam as D
+    from dpinstruct.training import dp_adam as D
 
     return D.per_example_loss if LEVERS["loss"] == "plain" else instruction_loss(first_adapted_layer(model))
 
 
 def ours(fraction: float) -> dict:
-    from dpinstruct.privacy import dp_adam as D
+    from dpinstruct.training import dp_adam as D
 
     cfg, model, tok, examples, prompt_len = setup()
     lengths, q = np.array([len(e) for e in examples]), cfg["sampling_rate"]
@@ -94,7 +94,7 @@ def naive(fraction: float) -> dict:
     from opacus import PrivacyEngine
     from opacus.utils.batch_memory_manager import BatchMemoryManager
 
-    from dpinstruct.privacy import dp_adam as D
+    from dpinstruct.training import dp_adam as D
 
     cfg, model, tok, examples, prompt_len = setup()
     padded = D.collate(examples, prompt_len, tok.pad_token_id)  # to the longest row...
@@ -122,7 +122,7 @@ def naive(fraction: float) -> dict:
 
 def step_pair(_: float) -> dict:
     """One DP step and one non-private step (plain Adam, same micro-batches), 3 repeats each."""
-    from dpinstruct.privacy import dp_adam as D
+    from dpinstruct.training import dp_adam as D
 
     cfg, model, tok, examples, prompt_len = setup()
     lengths, rng = np.array([len(e) for e in examples]), np.random.default_rng(0)

@@ -9,7 +9,7 @@ from opacus import GradSampleModule
 from dpinstruct.models.instruction_loss import instruction_loss, row_nll
 from dpinstruct.models.lora import lora_model
 from dpinstruct.models.trunk import first_adapted_layer
-from dpinstruct.privacy.dp_adam import build_examples, collate, per_example_loss
+from dpinstruct.training.dp_adam import build_examples, collate, per_example_loss
 
 TEXTS = ["Write a haiku about the sea.", "What is the capital of France and why?", "hi",
          "Explain how a transformer model processes a long sentence, step by step, for a beginner."]

@@ -191,7 +191,7 @@ def test_round_up_never_understates():
 def test_ledger_entry_round_trips_its_event_and_is_strict_json():
     event = acct.dp_sgd_event(0.7, 0.05, 40)
     entry = ledger.make_entry(stage="s", mechanism="poisson_subsampled_gaussian", dataset="d", partition="all",
-                              noise_multiplier=0.7, sampling_rate=0.05, steps=40, sensitivity=0.5, delta=1e-5,
+                              sensitivity=0.5, delta=1e-5,
                               event=event)
     text = json.dumps(entry, allow_nan=False)
     back = json.loads(text)
@@ -201,7 +201,7 @@ def test_ledger_entry_round_trips_its_event_and_is_strict_json():
     assert "n_records" not in back and back["dataset_size"].startswith("not published")
     assert back["noise_std"] == pytest.approx(0.35)
     nonprivate = ledger.make_entry(stage="s", mechanism="poisson_subsampled_gaussian", dataset="d", partition="all",
-                                   noise_multiplier=0.0, sampling_rate=0.05, steps=40, sensitivity=math.inf, delta=1e-5,
+                                   sampling_rate=0.05, steps=40, sensitivity=math.inf, delta=1e-5,
                                    event=acct.dp_sgd_event(0.0, 0.05, 40))
     assert json.loads(json.dumps(nonprivate, allow_nan=False))["epsilon"] == "inf"
     assert nonprivate["private"] is False

@@ -143,8 +143,8 @@ def test_audit_without_the_dp_count_fails_cleanly(project, capsys):
 def test_a_bound_above_the_claim_fails_loudly_after_writing_the_report(tmp_path, monkeypatch, capsys):
     # the audit's verdict, not its training, is under test here: a report whose bound exceeds the
     # claim (what a broken noise path would produce at scale) must exit 1 and still be written
-    from dpinstruct import canary_audit
     from dpinstruct.cli import main
+    from dpinstruct.tools import canary_audit
 
     monkeypatch.chdir(tmp_path)
     (tmp_path / "params.yaml").write_text("audit: {canaries: 10, confidence: 0.95}\n")

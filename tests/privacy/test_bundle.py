@@ -21,7 +21,7 @@ import yaml
 
 from dpinstruct import cli
 from dpinstruct.io.artifacts import table_metadata, write_parquet
-from dpinstruct.privacy import bundle
+from dpinstruct.tools import bundle
 
 LEDGER = ["metrics/privacy/dp_count@instructions.json", "metrics/privacy/release.json",
           "metrics/privacy/dp_count@imdb_sft.json", "metrics/privacy/dp_sft.json"]

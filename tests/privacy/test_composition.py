@@ -15,8 +15,7 @@ DELTA = 1e-5
 
 def entry(stage, partition, sigma, q, steps, dataset="imdb"):
     return ledger.make_entry(stage=stage, mechanism="poisson_subsampled_gaussian", dataset=dataset,
-                             partition=partition, noise_multiplier=sigma, sampling_rate=q, steps=steps,
-                             sensitivity=1.0, delta=DELTA, event=acct.dp_sgd_event(sigma, q, steps))
+                             partition=partition, sensitivity=1.0, delta=DELTA, event=acct.dp_sgd_event(sigma, q, steps))
 
 
 def independent(*components):

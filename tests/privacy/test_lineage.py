@@ -12,7 +12,7 @@ import yaml
 
 from dpinstruct import cli
 from dpinstruct.io.artifacts import table_metadata, write_parquet
-from dpinstruct.privacy import lineage
+from dpinstruct.tools import lineage
 
 REPO = Path(__file__).resolve().parents[2]
 

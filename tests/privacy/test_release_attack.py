@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import copy
 import functools
-import importlib.util
 import hashlib
+import importlib.util
 import json
 import os
 import random
@@ -402,7 +402,8 @@ def test_the_attack_replays_the_histogram_stage_run_with_a_weak_key(tmp_path, mo
     from dpinstruct.embeddings import bucketing, embedding_io
     from dpinstruct.io.artifacts import Outputs, read_metadata, read_table, table_metadata, write_parquet
     from dpinstruct.privacy.histogram import exact_counts
-    from stages import cluster, histogram as H
+    from stages import cluster
+    from stages import histogram as H
 
     params = {"privacy": {"epsilon": 6.0, "delta": 1e-5, "secure_mode": False}, "histogram": {"sigma": SIGMA},
               "cluster": {"explained_variance": 0.9, "k": 8, "niter": 20, "nredo": 1, "seed": 0,

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from dpinstruct.privacy.dp_adam import DPAdam
 from dpinstruct.privacy.randomness import DPRandom
 from dpinstruct.rl import bradley_terry as bt
 from dpinstruct.rl.preference_reward import accuracy
+from dpinstruct.training.dp_adam import DPAdam
 
 
 def stream(name: str) -> DPRandom:

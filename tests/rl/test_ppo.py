@@ -13,9 +13,9 @@ import torch
 from dpinstruct.models.loading import load_generator
 from dpinstruct.models.lora import lora_model
 from dpinstruct.models.trunk import first_adapted_layer
-from dpinstruct.privacy.dp_adam import DPAdam
 from dpinstruct.privacy.randomness import DPRandom
 from dpinstruct.rl import ppo
+from dpinstruct.training.dp_adam import DPAdam
 
 LORA = {"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": ["q_proj", "v_proj"], "layers": [28, 29]}
 SETTINGS = ppo.PPOSettings(rollouts=4, new_tokens=6, temperature=1.0, top_p=1.0, kl_coef=0.05, clip_range=0.2)

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import dp_accounting
 import pytest
+import yaml
 from dp_accounting.pld import pld_privacy_accountant
 
 from dpinstruct.io.artifacts import Outputs
@@ -18,6 +19,7 @@ from dpinstruct.privacy import ledger
 from stages import account
 
 Q, T, SIGMA, HIST, DELTA = 0.0334, 15, 0.56, 10.0, 1e-5
+DATASETS = yaml.safe_load((Path(__file__).resolve().parents[2] / "params.yaml").read_text())["datasets"]
 COUNT = 20.0  # dp_count.sigma: every DP-SGD input's DP count is a Gaussian mechanism of its dataset
 
 
@@ -35,25 +37,23 @@ def write_ledger(sigma=SIGMA, hist=HIST, delta=DELTA, stages=ALL, rl_delta=DELTA
     Path("metrics/privacy").mkdir(parents=True, exist_ok=True)
     entries = {
         "train_generator": ledger.make_entry(stage="train_generator", mechanism="poisson_subsampled_gaussian",
-                                             dataset="instructions", partition="all", noise_multiplier=sigma,
-                                             sampling_rate=Q, steps=T, sensitivity=0.5, delta=delta,
+                                             dataset="instructions", partition="all", sensitivity=0.5, delta=delta,
                                              event=acct.dp_sgd_event(sigma, Q, T)),
         "histogram": ledger.make_entry(stage="histogram", mechanism="gaussian", dataset="instructions", partition="all",
-                                       noise_multiplier=hist, sampling_rate=1.0, steps=1, sensitivity=1.0, delta=delta,
+                                       sensitivity=1.0, delta=delta,
                                        event=acct.histogram_event(hist)),
     }
     for name, (partition, s, q, t) in IMDB.items():
         entries[name] = ledger.make_entry(stage=name, mechanism="poisson_subsampled_gaussian", dataset="imdb",
                                           partition=ppo_partition if name == "dp_ppo" else partition,
-                                          noise_multiplier=s, sampling_rate=q, steps=t, sensitivity=1.0,
+                                          sensitivity=1.0,
                                           delta=rl_delta, event=acct.dp_sgd_event(s, q, t))
     entries["dp_reward_model"] = ledger.make_entry(stage="dp_reward_model", mechanism="poisson_subsampled_gaussian",
-                                                   dataset="hh_rlhf", partition="reward", noise_multiplier=HH[0],
-                                                   sampling_rate=HH[1], steps=HH[2], sensitivity=1.0, delta=DELTA,
+                                                   dataset="hh_rlhf", partition="reward", sensitivity=1.0, delta=DELTA,
                                                    event=acct.dp_sgd_event(*HH))
     for name, (dataset, partition) in COUNTS.items():
         entries[name] = ledger.make_entry(stage=name, mechanism="gaussian_count", dataset=dataset, partition=partition,
-                                          noise_multiplier=count, sampling_rate=1.0, steps=1, sensitivity=1.0,
+                                          sensitivity=1.0,
                                           delta=rl_delta if dataset == "imdb" else delta,
                                           event=acct.histogram_event(count), noisy_count=1000.0)
     for name in stages:
@@ -62,7 +62,7 @@ def write_ledger(sigma=SIGMA, hist=HIST, delta=DELTA, stages=ALL, rl_delta=DELTA
 
 def run(epsilon=6.0, delta=DELTA, rl_epsilon=4.0, rlhf_epsilon=8.0):
     with Outputs() as out:
-        return account.account({"privacy": {"epsilon": epsilon, "delta": delta},
+        return account.account({"datasets": DATASETS, "privacy": {"epsilon": epsilon, "delta": delta},
                                 "rl": {"privacy": {"epsilon": rl_epsilon, "delta": DELTA}},
                                 "rlhf": {"privacy": {"epsilon": rlhf_epsilon, "delta": DELTA}}}, out)
 
@@ -239,3 +239,19 @@ def test_user_level_entries_compose_and_say_so_and_mixed_relations_are_refused(t
                                                  r"neighbouring relations .* do not compose"):
         run()
     assert not Path(account.OUT).exists()
+
+
+def test_datasets_come_from_params_and_their_mechanisms_from_dvc_yaml(tmp_path):
+    budgets, expected, release = account.datasets({"datasets": DATASETS})
+    assert release == "instructions" and budgets["imdb"] == "rl.privacy"
+    assert expected["hh_rlhf"] == ("dp_count@hh_rlhf", "dp_reward_model")
+    # a dataset that dvc.yaml's mechanisms spend but params do not declare has no budget: refused
+    without = {k: v for k, v in DATASETS.items() if k != "hh_rlhf"}
+    with pytest.raises(PrivacyConfigError, match=r"mechanisms \['dp_count@hh_rlhf \(hh_rlhf\)', 'dp_reward_model "
+                                                 r"\(hh_rlhf\)'\] spend a dataset that params.yaml `datasets` does not"):
+        account.datasets({"datasets": without})
+    with pytest.raises(PrivacyConfigError, match=r"datasets \['spare'\]: no dvc.yaml stage spends them"):
+        account.datasets({"datasets": {**DATASETS, "spare": {"budget": "privacy"}}})
+    two = {**DATASETS, "imdb": {"budget": "rl.privacy", "release": True}}
+    with pytest.raises(PrivacyConfigError, match=r"exactly one dataset must be marked release: true"):
+        account.datasets({"datasets": two})

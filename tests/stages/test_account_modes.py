@@ -9,6 +9,7 @@ import json
 from pathlib import Path
 
 import pytest
+import yaml
 
 from dpinstruct.io.artifacts import Outputs
 from dpinstruct.io.errors import PrivacyConfigError
@@ -17,21 +18,23 @@ from dpinstruct.privacy import ledger
 from stages import account
 
 DELTA = 1e-5
-STAGES = sorted(s for stages in account.EXPECTED.values() for s in stages)  # every entry account expects
+DATASETS = yaml.safe_load((Path(__file__).resolve().parents[2] / "params.yaml").read_text())["datasets"]
+EXPECTED = account.datasets({"datasets": DATASETS})[1]  # dataset -> its mechanisms, from dvc.yaml
+STAGES = sorted(s for stages in EXPECTED.values() for s in stages)  # every entry account expects
 PARTS = {"dp_sft": "sft", "dp_count@imdb_sft": "sft", "dp_ppo": "ppo", "dp_count@imdb_ppo": "ppo"}
 
 
 def write_ledger(secure_mode: dict[str, bool]) -> None:
     """One entry per expected stage, of a small epsilon (well within every budget), in the mode given."""
     Path(ledger.LEDGER_DIR).mkdir(parents=True, exist_ok=True)
-    for dataset, stages in account.EXPECTED.items():
+    for dataset, stages in EXPECTED.items():
         for stage in stages:
             counted = stage.startswith("dp_count@")
             sigma, q, steps = (20.0, 1.0, 1) if counted else (1.0, 0.01, 10)
             entry = ledger.make_entry(
                 stage=stage, mechanism="gaussian_count" if counted else "poisson_subsampled_gaussian", dataset=dataset,
                 partition={"instructions": "all", "hh_rlhf": "reward"}.get(dataset, PARTS.get(stage)),
-                noise_multiplier=sigma, sampling_rate=q, steps=steps, sensitivity=1.0, delta=DELTA,
+                sensitivity=1.0, delta=DELTA,
                 event=acct.component_event(sigma, q, steps), secure_mode=secure_mode[stage])
             Path(ledger.entry_path(stage)).write_text(json.dumps(entry))
 
@@ -39,7 +42,7 @@ def write_ledger(secure_mode: dict[str, bool]) -> None:
 def run() -> dict:
     budget = {"epsilon": 8.0, "delta": DELTA}
     with Outputs() as out:
-        return account.account({"privacy": budget, "rl": {"privacy": budget}, "rlhf": {"privacy": budget}}, out)
+        return account.account({"datasets": DATASETS, "privacy": budget, "rl": {"privacy": budget}, "rlhf": {"privacy": budget}}, out)
 
 
 @pytest.mark.parametrize("secure", [False, True])

@@ -15,9 +15,9 @@ import pytest
 from dpinstruct.embeddings import embedding_io
 from dpinstruct.io.artifacts import Outputs, read_metadata, table_metadata, write_parquet
 from dpinstruct.io.errors import InputError
-from dpinstruct.models import dp_generator
 from dpinstruct.privacy import accounting as acct
 from dpinstruct.privacy import dp_count, ledger
+from dpinstruct.training import dp_generator
 from stages import account, cluster, embed, evaluate, histogram, prepare, prepare_public, resample
 
 
@@ -54,25 +54,23 @@ def test_release_from_real_data(project, embedder_dir):
     plan = dp_generator.plan(p, noisy_count, count_component)  # the generator's ledger entry as the stage would write it
     entry = ledger.make_entry(stage="train_generator", mechanism="poisson_subsampled_gaussian", dataset="instructions",
                               partition="all",
-                              noise_multiplier=plan.noise_multiplier, sampling_rate=plan.sampling_rate, steps=plan.steps,
                               sensitivity=plan.clip_norm, delta=plan.delta,
                               event=acct.dp_sgd_event(plan.noise_multiplier, plan.sampling_rate, plan.steps))
     Path("metrics/privacy").mkdir(parents=True, exist_ok=True)
     Path(ledger.entry_path("train_generator")).write_text(json.dumps(entry))
     for name, part in (("dp_sft", "sft"), ("dp_ppo", "ppo")):  # the RL pipeline's entries: account wants all
-        rl = ledger.make_entry(stage=name, mechanism="m", dataset="imdb", partition=part, noise_multiplier=0.5,
-                               sampling_rate=0.005, steps=10, sensitivity=1.0, delta=p["rl"]["privacy"]["delta"],
+        rl = ledger.make_entry(stage=name, mechanism="m", dataset="imdb", partition=part, sensitivity=1.0, delta=p["rl"]["privacy"]["delta"],
                                event=acct.dp_sgd_event(0.5, 0.005, 10))
         Path(ledger.entry_path(name)).write_text(json.dumps(rl))
     hh = ledger.make_entry(stage="dp_reward_model", mechanism="m", dataset="hh_rlhf", partition="reward",
-                           noise_multiplier=1.0, sampling_rate=0.05, steps=100, sensitivity=1.0,
+                           sensitivity=1.0,
                            delta=p["rlhf"]["privacy"]["delta"], event=acct.dp_sgd_event(1.0, 0.05, 100))
     Path(ledger.entry_path("dp_reward_model")).write_text(json.dumps(hh))
     for name, dataset, part, delta in (("imdb_sft", "imdb", "sft", p["rl"]["privacy"]["delta"]),
                                        ("imdb_ppo", "imdb", "ppo", p["rl"]["privacy"]["delta"]),
                                        ("hh_rlhf", "hh_rlhf", "reward", p["rlhf"]["privacy"]["delta"])):
         other = ledger.make_entry(stage=f"dp_count@{name}", mechanism="gaussian_count", dataset=dataset, partition=part,
-                                  noise_multiplier=20.0, sampling_rate=1.0, steps=1, sensitivity=1.0, delta=delta,
+                                  sensitivity=1.0, delta=delta,
                                   event=acct.histogram_event(20.0), noisy_count=1000.0)
         Path(dp_count.entry_path(name)).write_text(json.dumps(other))
     step(histogram.histogram, p)

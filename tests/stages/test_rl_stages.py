@@ -20,8 +20,9 @@ import yaml
 from dpinstruct.io.artifacts import Outputs
 from dpinstruct.io.errors import PrivacyConfigError
 from dpinstruct.privacy import accounting as acct
-from dpinstruct.privacy import dp_adam, dp_count, ledger
+from dpinstruct.privacy import dp_count, ledger
 from dpinstruct.privacy.randomness import DPRandom
+from dpinstruct.training import dp_adam, mechanism
 from stages import account, dp_ppo, dp_sft, evaluate_rl, imdb_prepare, imdb_public, sentiment_reward
 from tests.conftest import run_dp_count
 
@@ -96,7 +97,7 @@ def instructions_ledger(secure_mode: bool = False):
                                   ("dp_count@hh_rlhf", 20.0, 1.0, 1)):
         dataset, part = ("hh_rlhf", "reward") if name.endswith(("dp_reward_model", "hh_rlhf")) else ("instructions", "all")
         entry = ledger.make_entry(stage=name, mechanism="m", dataset=dataset, partition=part,
-                                  noise_multiplier=sigma, sampling_rate=q, steps=steps, sensitivity=1.0, delta=1e-5,
+                                  sensitivity=1.0, delta=1e-5,
                                   event=acct.component_event(sigma, q, steps), secure_mode=secure_mode)
         Path(ledger.entry_path(name)).write_text(json.dumps(entry))
 
@@ -114,8 +115,8 @@ def test_the_rl_pipeline_end_to_end(project, monkeypatch):
     assert not sft_ids & set(parts[parts.partition == "ppo"].id)
     run(dp_sft.dp_sft, project)
     used = []
-    real = dp_ppo.poisson_sample
-    monkeypatch.setattr(dp_ppo, "poisson_sample", lambda rng, n, q: used.append(q) or real(rng, n, q))
+    real = mechanism.poisson_sample
+    monkeypatch.setattr(mechanism, "poisson_sample", lambda rng, n, q: used.append(q) or real(rng, n, q))
     run(dp_ppo.dp_ppo, project)
     entries = {e["stage"]: e for e in ledger.read_entries()}
     assert entries["dp_sft"]["partition"] == "sft" and entries["dp_ppo"]["partition"] == "ppo"
@@ -199,8 +200,7 @@ def test_refused_settings(project):
         run(dp_sft.dp_sft, project)
     # DP-PPO on DP-SFT's own part composes with it; an entry that already spends the budget is refused
     rl["privacy"] = {"epsilon": 4.0, "delta": 1e-3}
-    spent = ledger.make_entry(stage="dp_sft", mechanism="m", dataset="imdb", partition="sft", noise_multiplier=0.3,
-                              sampling_rate=0.5, steps=50, sensitivity=1.0, delta=1e-3,
+    spent = ledger.make_entry(stage="dp_sft", mechanism="m", dataset="imdb", partition="sft", sensitivity=1.0, delta=1e-3,
                               event=acct.dp_sgd_event(0.3, 0.5, 50))
     Path(ledger.entry_path("dp_sft")).write_text(json.dumps(spent))
     rl["dp_ppo"]["partition"] = "sft"
@@ -260,7 +260,7 @@ def rl_dp_run(project) -> dict:
     samples and the seed of a probe prompt's rollouts at each step, the adapters and the entries."""
     shutil.rmtree("data/checkpoints", ignore_errors=True)
     samples, probes = [], []
-    real_sample, real_seeds = dp_ppo.poisson_sample, dp_ppo.ppo.rollout_seeds
+    real_sample, real_seeds = mechanism.poisson_sample, dp_ppo.ppo.rollout_seeds
 
     def rollout_seeds(seed_of, keys, k):
         probes.append(seed_of("probe", 0))  # the stage's own seed function on a fixed prompt id
@@ -268,7 +268,7 @@ def rl_dp_run(project) -> dict:
 
     with pytest.MonkeyPatch.context() as mp:
         streams = record_streams(mp)
-        mp.setattr(dp_ppo, "poisson_sample", lambda rng, n, q: samples.append(real_sample(rng, n, q)) or samples[-1])
+        mp.setattr(mechanism, "poisson_sample", lambda rng, n, q: samples.append(real_sample(rng, n, q)) or samples[-1])
         mp.setattr(dp_ppo.ppo, "rollout_seeds", rollout_seeds)
         counts = count_parts(project)
         run(dp_sft.dp_sft, project)

@@ -98,8 +98,7 @@ def other_datasets_ledger(secure_mode: bool = False):
                                 ("dp_count@instructions", "instructions", "all"), ("dp_sft", "imdb", "sft"),
                                 ("dp_ppo", "imdb", "ppo"), ("dp_count@imdb_sft", "imdb", "sft"),
                                 ("dp_count@imdb_ppo", "imdb", "ppo")):
-        entry = ledger.make_entry(stage=name, mechanism="m", dataset=dataset, partition=part, noise_multiplier=1.0,
-                                  sampling_rate=0.05, steps=10, sensitivity=1.0, delta=1e-5,
+        entry = ledger.make_entry(stage=name, mechanism="m", dataset=dataset, partition=part, sensitivity=1.0, delta=1e-5,
                                   event=acct.dp_sgd_event(1.0, 0.05, 10), secure_mode=secure_mode)
         Path(ledger.entry_path(name)).write_text(json.dumps(entry))
 

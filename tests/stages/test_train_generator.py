@@ -13,8 +13,7 @@ import torch
 
 from dpinstruct.io.artifacts import Outputs
 from dpinstruct.io.errors import PrivacyConfigError
-from dpinstruct.models import dp_generator
-from dpinstruct.privacy import dp_adam
+from dpinstruct.training import dp_adam, dp_generator, mechanism
 from stages import prepare
 from stages import train_generator as stage
 
@@ -197,8 +196,8 @@ def test_secure_mode_samples_and_noises_afresh_with_identical_params(project, mo
     tiny(project)
     project.params["privacy"]["secure_mode"] = True
     assert project.dp_count("instructions")["secure_mode"] is True  # one randomness setting for every DP stage
-    sampled, real = [], dp_generator.poisson_sample
-    monkeypatch.setattr(dp_generator, "poisson_sample", lambda *a: sampled.append(real(*a)) or sampled[-1])
+    sampled, real = [], mechanism.poisson_sample
+    monkeypatch.setattr(mechanism, "poisson_sample", lambda *a: sampled.append(real(*a)) or sampled[-1])
     digests = []
     for _ in range(2):
         shutil.rmtree(project.root / "data/checkpoints", ignore_errors=True)
@@ -264,7 +263,7 @@ def record_streams(monkeypatch) -> list[dict]:
     the run itself draws from the originals)."""
     import copy
 
-    from dpinstruct.privacy import dp_loop
+    from dpinstruct.training import dp_loop
 
     seen, real_init = [], dp_loop.DPLoop.__init__
 

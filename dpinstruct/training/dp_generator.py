@@ -24,14 +24,15 @@ from dpinstruct.models.precision import bf16_enabled
 from dpinstruct.models.trunk import first_adapted_layer
 from dpinstruct.privacy import accounting as acct
 from dpinstruct.privacy import user_level
-from dpinstruct.privacy.dp_adam import DPAdam, build_examples, collate, micro_batches, poisson_sample
-from dpinstruct.privacy.dp_loop import DPLoop
+from dpinstruct.training.dp_adam import build_examples, collate, micro_batches
+from dpinstruct.training.mechanism import DPSGDMechanism, Scope
 
 log = logging.getLogger(__name__)
 STAGE = "train_generator"
+DATASET = "instructions"  # the private dataset Algorithm 1 touches (ledger, composition)
 
 
-def plan(params: dict, noisy_count: float, count_component: acct.Component) -> acct.GeneratorPlan:
+def plan(params: dict, noisy_count: float, count_component: acct.Component) -> acct.DPSGDPlan:
     """The plan of Algorithm 1; its prior is the histogram of Algorithm 2 and the DP count, the other
     mechanisms on the same records."""
     cfg = params[STAGE]
@@ -46,10 +47,20 @@ def plan(params: dict, noisy_count: float, count_component: acct.Component) -> a
 class Fitted:
     model: object  # the peft model with the trained adapter
     tokenizer: object
-    plan: acct.GeneratorPlan
-    replayable: bool  # False in secure mode (OS randomness)
+    mechanism: DPSGDMechanism  # its plan, and the ledger entry written from it
     skipped: int      # records longer than max_seq_len (a private count)
-    neighbouring: str
+
+    @property
+    def plan(self) -> acct.DPSGDPlan:
+        return self.mechanism.plan
+
+
+def scope(units: np.ndarray | None, params: dict) -> Scope:
+    """What Algorithm 1 touches: every train record of the instructions, or every user's."""
+    if units is None:
+        return Scope(STAGE, DATASET, "all", "one instruction")
+    return Scope(STAGE, DATASET, "all", f"one user (all their instructions; at most "
+                   f"{user_level.max_records(params.get('user_level'))} of them in a step)", user_level.NEIGHBOURING)
 
 
 def fit(params: dict, instructions: list[str], *, units: np.ndarray | None, noisy_count: float,
@@ -62,12 +73,8 @@ def fit(params: dict, instructions: list[str], *, units: np.ndarray | None, nois
     n_units = len(instructions) if units is None else int(units.max()) + 1
     p = plan(params, noisy_count, count_component)  # refuses unsafe configs before any model work
     bf16 = bf16_enabled(cfg["bf16"])
-    log.info("plan: q=%.4g T=%d sigma=%.4f C=%s -> composed epsilon %.3f (PLD), %.3f (PRV) at delta %g",
-             p.sampling_rate, p.steps, p.noise_multiplier, p.clip_norm, p.composed_epsilon, p.composed_epsilon_prv,
-             p.delta)
-    loop = DPLoop(STAGE, privacy=params.get("privacy"), run_key=(*run_key, P.params_hash(p.as_dict())),
-                  steps=p.steps, noise_multiplier=p.noise_multiplier, sampling_rate=p.sampling_rate, delta=p.delta,
-                  checkpoint_dir=checkpoint_dir, live_dir=live_dir, checkpoint_every=cfg["checkpoint_every"])
+    mech = DPSGDMechanism(scope(units, params), p, privacy=params.get("privacy"), run_key=run_key,
+                          checkpoint_dir=checkpoint_dir, live_dir=live_dir, checkpoint_every=cfg["checkpoint_every"])
     torch.manual_seed(cfg["seed"])  # LoRA init only: public, and no DP proof relies on it
     model, tokenizer = lora_model(GENERATOR_DIR, cfg["lora"])
     examples, prompt_len, skipped = build_examples(tokenizer, instructions, cfg["prompt"], cfg["max_seq_len"])
@@ -77,23 +84,20 @@ def fit(params: dict, instructions: list[str], *, units: np.ndarray | None, nois
     lengths = np.array([len(e) for e in examples])
     kept_units = None if units is None else _kept_units(tokenizer, instructions, units, cfg)
     cap = None if units is None else user_level.max_records(params.get("user_level"))
-    dp = DPAdam(model, lr=P.as_float(cfg["lr"]), noise_multiplier=p.noise_multiplier, clip_norm=p.clip_norm,
-                expected_batch_size=p.expected_batch_size, noise=loop.noise, autocast_bf16=bf16)
+    dp = mech.optimizer(model, lr=P.as_float(cfg["lr"]), autocast_bf16=bf16)
     loss_fn = instruction_loss(first_adapted_layer(model))
-    for _ in loop.iterate(model=model, optimizer=dp.optimizer, summary={"skipped_too_long": skipped}, desc=desc):
+    for _ in mech.steps(summary={"skipped_too_long": skipped}, desc=desc):
         if kept_units is None:
-            idx = poisson_sample(loop.sampler, len(examples), p.sampling_rate)
             micro = [collate([examples[i] for i in b], prompt_len, tokenizer.pad_token_id)
-                     for b in micro_batches(idx, lengths, cfg["micro_batch_tokens"])]
+                     for b in micro_batches(mech.sample(len(examples)), lengths, cfg["micro_batch_tokens"])]
         else:
-            idx = user_level.sample_users(loop.sampler, kept_units, n_units, p.sampling_rate, cap)
+            idx = user_level.sample_users(mech.loop.sampler, kept_units, n_units, p.sampling_rate, cap)
             micro = [dict(collate([examples[i] for i in b], prompt_len, tokenizer.pad_token_id),
                           unit=torch.from_numpy(kept_units[b]))
                      for b in user_level.micro_batches_by_unit(idx, kept_units, lengths, cfg["micro_batch_tokens"])]
         result = dp.step(micro, loss_fn=loss_fn)
-        loop.metrics.update(loss=result.loss, batch_size=result.batch_size)
-    return Fitted(model, tokenizer, p, loop.noise.replayable, skipped,
-                  acct.NEIGHBOURING if units is None else user_level.NEIGHBOURING)
+        mech.metrics.update(loss=result.loss, batch_size=result.batch_size)
+    return Fitted(model, tokenizer, mech, skipped)
 
 
 def _kept_units(tokenizer, instructions: list[str], units: np.ndarray, cfg: dict) -> np.ndarray:

@@ -139,7 +139,7 @@ def per_unit_grad_norms(gsm, params: list, micro: list[dict], loss_fn) -> np.nda
     per-row gradients of ``loss_fn`` (a GradSampleModule with mean reduction, the loss's mean
     back-propagated), averaged over each unit's rows (``group_by_unit``), the norm over all
     trainable parameters (opacus' ``per_sample_norms``)."""
-    from dpinstruct.privacy.dp_adam import group_by_unit
+    from dpinstruct.training.dp_adam import group_by_unit
 
     gsm.train()
     norms = []
@@ -215,7 +215,7 @@ def heldout_nll(model, tokenizer, texts: list[str], cfg: dict) -> tuple[float, i
     """(per-token NLL, scored rows) of ``texts`` as training records (prompt + instruction + EOS, rows
     longer than max_seq_len skipped): the measure of val_nll and bench_generator_utility."""
     from dpinstruct.models.instruction_loss import row_nll
-    from dpinstruct.privacy.dp_adam import build_examples, collate, micro_batches
+    from dpinstruct.training.dp_adam import build_examples, collate, micro_batches
 
     examples, prompt_len, _ = build_examples(tokenizer, texts, cfg["prompt"], int(cfg["max_seq_len"]))
     if not examples:
@@ -251,8 +251,8 @@ def pool_yield(model, tokenizer, params: dict, samples: int) -> float:
 def generator_lr(params: dict, *, lrs=DEFAULT_LRS, seed: int = 0, heldout_share: float = HELDOUT_SHARE,
                  rows: int | None = None, samples: int = 0, workdir: Path | str | None = None) -> dict:
     """One DP training run per lr on the public FLAN rows, scored on their held-out part (module docstring)."""
-    from dpinstruct.models import dp_generator
     from dpinstruct.models.loading import load_generator
+    from dpinstruct.training import dp_generator
 
     if not lrs or any(not lr > 0 for lr in lrs):
         raise ConfigError("--lrs", f"need positive learning rates, got {lrs}")

@@ -53,7 +53,7 @@ import tempfile
 from pathlib import Path
 
 from dpinstruct.io.artifacts import file_digest, read_metadata
-from dpinstruct.privacy import lineage
+from dpinstruct.tools import lineage
 
 MEMORISATION_GATE = "memorisation"  # the stage that counts private rows copied into the release
 RELEASE = "data/release/instructions.parquet"

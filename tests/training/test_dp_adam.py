@@ -10,8 +10,8 @@ import torch
 from peft import LoraConfig, get_peft_model
 
 from dpinstruct.models.loading import load_generator
-from dpinstruct.privacy import dp_adam as D
 from dpinstruct.privacy.randomness import DPRandom
+from dpinstruct.training import dp_adam as D
 
 TEXTS = ["How do I bake bread?", "Write a haiku about the sea and the wind at night.",
          "What is 2+2?", "Explain the difference between OpenCL and CUDA for GPU programming."]

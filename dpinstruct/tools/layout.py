@@ -14,51 +14,7 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-PACKAGES = ("dpinstruct", "stages")
-
-
-def _module_file(root: Path, dotted: str) -> Path | None:
-    base = root.joinpath(*dotted.split("."))
-    for candidate in (base.with_suffix(".py"), base / "__init__.py"):
-        if candidate.is_file():
-            return candidate
-    return None
-
-
-def _imports(path: Path) -> set[str]:
-    found = set()
-    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-        if isinstance(node, ast.Import):
-            found.update(a.name for a in node.names)
-        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            found.add(node.module)
-            found.update(f"{node.module}.{a.name}" for a in node.names)  # `from pkg import module`
-    return {m for m in found if m.split(".")[0] in PACKAGES}
-
-
-def imported_files(root: Path | str, start: Path | str) -> set[Path]:
-    """Project files (relative to root) that ``start`` imports, transitively, with the packages
-    whose ``__init__.py`` each import runs; ``start`` included."""
-    root = Path(root).resolve()
-    todo, seen = [Path(start).resolve()], set()
-    while todo:
-        path = todo.pop()
-        if path in seen:
-            continue
-        seen.add(path)
-        for dotted in _imports(path):
-            parts = dotted.split(".")
-            for i in range(1, len(parts) + 1):  # importing a.b.c runs a/__init__, a/b/__init__, then a/b/c
-                found = _module_file(root, ".".join(parts[:i]))
-                if found is not None and found not in seen:
-                    todo.append(found)
-    return {p.relative_to(root) for p in seen}
-
-
-def run_no_code(path: Path) -> bool:
-    """True for a module whose body is only a docstring (a package's description)."""
-    body = ast.parse(path.read_text(encoding="utf-8")).body
-    return all(isinstance(n, ast.Expr) and isinstance(n.value, ast.Constant) for n in body)
+from dpinstruct.io.code_closure import _imports, imported_files, run_no_code
 
 
 def undeclared_code(root: Path | str, module_file: Path | str, deps: set[str]) -> list[str]:
@@ -112,3 +68,61 @@ def problems(root: Path | str) -> list[str]:
         if any(m == "stages" or m.startswith("stages.") for m in _imports(path)):
             out.append(f"{path.relative_to(root).as_posix()} imports stages: the library never imports a stage")
     return out
+
+
+CODE_DEP = ("stages/", "dpinstruct/")
+
+
+def code_deps(root: Path | str, stem: str) -> list[str]:
+    """The code deps stage ``stem`` must list: its module first, then every library file it runs
+    (docstring-only ``__init__.py`` files run no code and are left out), sorted."""
+    root = Path(root)
+    own = f"stages/{stem}.py"
+    files = {rel.as_posix() for rel in imported_files(root, root / own)
+             if not (rel.name == "__init__.py" and run_no_code(root / rel))}
+    return [own, *sorted(files - {own})]
+
+
+def write_code_deps(root: Path | str, *, check: bool = False) -> list[str]:
+    """Rewrite the code lines of every stage's ``deps`` in dvc.yaml (``- stages/...`` and
+    ``- dpinstruct/...``) to ``code_deps``; every other line (data, models, params, comments) stays
+    as written. Returns the stages whose code deps differ; with ``check`` nothing is written."""
+    root = Path(root)
+    path = root / "dvc.yaml"
+    lines = path.read_text(encoding="utf-8").split("\n")
+    specs, out, changed, i = _stage_specs(root), [], [], 0
+    stage = None
+    while i < len(lines):
+        line = lines[i]
+        if line.startswith("  ") and not line.startswith("   ") and line.rstrip().endswith(":"):
+            stage = line.strip()[:-1]
+        if stage in specs and line.strip().startswith("deps:"):
+            out.append(line)
+            i += 1
+            block = []
+            while i < len(lines) and lines[i].lstrip().startswith("- "):
+                block.append(lines[i])
+                i += 1
+            indent = block[0][:len(block[0]) - len(block[0].lstrip())] if block else " " * (len(line) - len(line.lstrip()) + 2)
+            old = [b.strip()[2:].split(" #")[0].strip() for b in block if b.strip()[2:].startswith(CODE_DEP)]
+            new = code_deps(root, stage)
+            if old != new:
+                changed.append(stage)
+            out += [f"{indent}- {d}" for d in new] + [b for b in block if not b.strip()[2:].startswith(CODE_DEP)]
+            continue
+        out.append(line)
+        i += 1
+    if changed and not check:
+        path.write_text("\n".join(out), encoding="utf-8")
+    return changed
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--check", action="store_true", help="only report the stages whose code deps are out of date")
+
+
+def run(args) -> int:
+    changed = write_code_deps(".", check=args.check)
+    verb = "out of date" if args.check else "rewritten"
+    print(f"code deps {verb}: {', '.join(changed)}" if changed else "code deps in dvc.yaml are up to date")
+    return 1 if changed and args.check else 0

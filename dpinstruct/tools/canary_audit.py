@@ -3,7 +3,7 @@
 m canaries (``audit.canaries``), each eight random words of the generator's vocabulary, are
 drawn together with their inclusion flags (probability 1/2 each) from a secret-keyed stream.
 The included ones join a copy of the private train split, and the generator is trained exactly as
-`train_generator` trains it (dpinstruct/models/dp_generator.py: the same params, plan, sampling
+`train_generator` trains it (dpinstruct/training/dp_generator.py: the same params, plan, sampling
 and noise, with streams bound to this copy), once at the run's ``privacy.epsilon`` and once at
 ``.inf`` (no clipping, no noise) to show what the attack can see without DP. A canary's score is
 its loss under the base generator minus its loss under the trained one (how much training taught
@@ -36,14 +36,14 @@ from dpinstruct.io import params as P
 from dpinstruct.io.artifacts import file_digest
 from dpinstruct.io.errors import PipelineError
 from dpinstruct.io.runner import setup_logging
-from dpinstruct.models import dp_generator
 from dpinstruct.models.loading import GENERATOR_DIR, load_tokenizer
 from dpinstruct.privacy import accounting as acct
 from dpinstruct.privacy import dp_count, user_level
 from dpinstruct.privacy.audit import audit
-from dpinstruct.privacy.dp_adam import collate, per_example_loss
 from dpinstruct.privacy.ledger import finite
 from dpinstruct.privacy.randomness import DPRandom
+from dpinstruct.training import dp_generator
+from dpinstruct.training.dp_adam import collate, per_example_loss
 
 log = logging.getLogger(__name__)
 TRAIN = Path("data/prepared/train.parquet")
@@ -123,7 +123,7 @@ def run_once(params: dict, label: str, train: pd.DataFrame, texts: list[str], in
     return {"claimed_epsilon": claimed, "claimed_release_epsilon": p.composed_epsilon, "delta": p.delta,
             "lower_bound": result.lower_bound, "confidence": confidence, "canaries": result.canaries,
             "canaries_included": result.included, "guesses": result.guesses, "correct": result.correct,
-            "grid": result.grid, "neighbouring": fitted.neighbouring, "noise_multiplier": p.noise_multiplier,
+            "grid": result.grid, "neighbouring": fitted.mechanism.scope.neighbouring, "noise_multiplier": p.noise_multiplier,
             "sampling_rate": p.sampling_rate, "steps": p.steps,
             "mean_score_in": float(scores[included].mean()), "mean_score_out": float(scores[~included].mean())}
 

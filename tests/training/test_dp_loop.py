@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from dpinstruct.privacy import accounting as acct
-from dpinstruct.privacy import dp_loop
-from dpinstruct.privacy.dp_adam import DPAdam
 from dpinstruct.privacy.randomness import DPRandom
+from dpinstruct.training import dp_loop
+from dpinstruct.training.dp_adam import DPAdam
 
 
 @pytest.mark.parametrize("steps", [7, 45])
