@@ -16,7 +16,7 @@ import hashlib
 from pathlib import Path
 
 from dpinstruct.io.artifacts import file_digest
-from dpinstruct.io.code_closure import imported_files
+from dpinstruct.io.code_closure import imported_files, run_no_code
 from dpinstruct.io.errors import MissingInputError
 from dpinstruct.io.params import params_hash
 
@@ -42,7 +42,10 @@ def code_digest(stage: str) -> str:
     module = ROOT / "stages" / f"{stage}.py"
     if not module.exists():
         raise MissingInputError(f"the run key needs the stage module {module}")
-    return params_hash(*(f"{f.as_posix()}:{file_digest(ROOT / f)}" for f in sorted(imported_files(ROOT, module))))
+    # the same set as the stage's dvc.yaml code deps (``dpinstruct deps``): a docstring-only package
+    # __init__ runs no code, and digesting it would change the noise on an edit `dvc status` never sees
+    files = sorted(f for f in imported_files(ROOT, module) if not (f.name == "__init__.py" and run_no_code(ROOT / f)))
+    return params_hash(*(f"{f.as_posix()}:{file_digest(ROOT / f)}" for f in files))
 
 
 def run_key(stage: str, params: tuple, inputs: tuple[Path | str, ...], *, module: str | None = None) -> tuple:

@@ -54,6 +54,7 @@ def test_sft_stage_writes_a_peft_adapter_and_its_loss_curve(project):
 
 
 def test_evaluate_alignment_scores_every_adapter_against_the_bare_student(project):
+    project["evaluate_alignment"]["judge"]["backend"] = "local"  # the mechanics of judging, with the tiny local judge
     write_annotated("release", "dp")
     with Outputs() as out:
         sft.sft("release", project, out)
@@ -74,8 +75,30 @@ def test_evaluate_alignment_scores_every_adapter_against_the_bare_student(projec
         assert w["wins"] + w["ties"] + w["losses"] == 4 == saved["judged_rows"] and 0 <= w["win_rate"] <= 1
     assert set(saved["nll_diff"]) >= {"release-bare", "train-release", "release-pool", "pool-public"}
     assert 0 <= saved["judge"]["position_consistency"] <= 1 and "sanity_win_rate" in saved["judge"]
+    # a judge that fails its own checks is marked so (the rule, recomputed from what it reports)
+    j = saved["judge"]
+    assert j["trusted"] == (j["position_consistency"] >= evaluate_alignment.MIN_CONSISTENCY
+                            and j["sanity_win_rate"]["lo"] > 0.5)
     plot = pd.read_csv(evaluate_alignment.NLL_PLOT)
     assert list(plot.model) == ["bare", "train", "public", "pool", "release"]
+    assert list(pd.read_csv(evaluate_alignment.WIN_PLOT).set) == ["train", "public", "pool", "release"]
+
+
+def test_without_a_judge_no_win_rate_is_reported_and_the_metrics_say_why(project, monkeypatch):
+    assert project["evaluate_alignment"]["judge"]["backend"] == "none"  # the default
+    monkeypatch.setattr(evaluate_alignment, "answers", lambda *a: pytest.fail("answers generated for no judge"))
+    write_annotated("release", "dp")
+    with Outputs() as out:
+        sft.sft("release", project, out)
+    for name in ("train", "public", "pool"):
+        shutil.copytree(sft.adapter_dir("release"), sft.adapter_dir(name))
+    write_annotated("test", "private")
+    with Outputs() as out:
+        evaluate_alignment.evaluate_alignment(project, out)
+    saved = json.loads(Path(evaluate_alignment.METRICS).read_text())
+    assert saved["win_rate"] == {} and saved["judged_rows"] == 0 and "position consistency" in saved["judge"]["note"]
+    assert set(saved["nll"]) == {"bare", "train", "public", "pool", "release"}
+    assert list(pd.read_csv(evaluate_alignment.WIN_PLOT).columns) == ["set", "win_rate", "lo", "hi"]
 
 
 def test_a_remote_judge_never_sees_the_private_test_split_without_the_opt_in(project):
