@@ -82,5 +82,5 @@ noise only when they are the same run. The ledger (``ledger``) records each mech
 rounded up, for ``account`` to compose.
 
 Hyperparameters: the defaults of the DP stages are chosen on public proxies (``dpinstruct tune``;
-README), so their selection costs no privacy.
+docs/tuning.md), so their selection costs no privacy.
 """

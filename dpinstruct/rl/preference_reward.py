@@ -5,8 +5,8 @@ unit-length embedding of "Human: x\\n\\nAssistant: y" (``text_of``). Bradley-Ter
 prefers y_c to y_r with probability sigmoid(r(x, y_c) - r(x, y_r)); a bias would cancel in the
 difference, so the head has none. Training (DP or not): ``bradley_terry``.
 
-Why the embedder by default (measured, tests/benchmarks/bench_reward_backbone.py; the README has the
-table): under DP at epsilon 8 the embedder's and the generator's frozen features give the same
+Why the embedder by default (measured, tests/benchmarks/bench_reward_backbone.py; docs/rlhf.md has
+the table): under DP at epsilon 8 the embedder's and the generator's frozen features give the same
 held-out accuracy, and the embedder costs 17 s per 1,000 texts against 163 s, which decides it on 2
 CPU cores (``backbone: generator`` is a param away on a GPU). A LoRA adapter with a scalar head on
 the generator would pay a 30-layer forward and backward with per-example gradients per comparison

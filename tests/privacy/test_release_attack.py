@@ -42,9 +42,9 @@ SEEDS = range(1000)  # every small seed, besides every seed params.yaml states
 PURPOSES = ("histogram/noise", "histogram", "noise")  # the stage's (f"{STAGE}/noise") and plain guesses
 SHARES_CSV, NOISY_METRICS = REPO / "plots/eval/cluster_shares.csv", REPO / "metrics/histogram.json"
 NOISY_PARQUET = "data/histogram/noisy_histogram.parquet"
-PUBLISHED_DIRS = ("metrics", "plots", "dvclive", "data/release")
+PUBLISHED_DIRS = ("metrics", "plots", "dvclive", "data/release", "docs")
 CODE_DIRS = ("dpinstruct", "stages")
-TOP_FILES = ("params.yaml", "dvc.yaml", "dvc.lock", "README.md", "ARCHITECTURE.md", "pyproject.toml")
+TOP_FILES = ("params.yaml", "dvc.yaml", "dvc.lock", "README.md", "ARCHITECTURE.md", "mkdocs.yml", "pyproject.toml")
 HEX = re.compile(rb"[0-9a-f]{16,}")
 
 

@@ -2,7 +2,7 @@
 hh_prepare): a 1 MB instruction, NUL bytes, NaN / None in text or ids, Parquet files of another
 schema, symlinked and dangling inputs, and wrong param types. Each bad case stops the stage with an
 error naming the file, row and field (or the param), quotes no text, and leaves no output behind.
-The README's "Hostile inputs" table lists the same cases; the 1,000,000-row file is a benchmark
+The "Hostile inputs" table of docs/own-data.md lists the same cases; the 1,000,000-row file is a benchmark
 (tests/benchmarks/bench_prepare_scale.py)."""
 from __future__ import annotations
 
