@@ -171,7 +171,7 @@ def test_report_lists_every_artifact_with_hash_class_and_epsilon(tmp_path):
     row = next(line for line in text.splitlines() if "`data/release/instructions.parquet`" in line)
     assert release_md5 in row and "| resample | dp |" in row
     composed = json.loads((REPO / "metrics/privacy.json").read_text())["epsilon"]
-    assert f"{composed:.3f} composed (histogram + train_generator)" in row
+    assert f"{composed:.3f} composed (dp_count@instructions + histogram + train_generator)" in row
     _, arts = lineage.check(REPO)
     assert all(f"`{path}`" in text for path in arts)
     assert "- **train_generator** (class dp, DP mechanism `poisson_subsampled_gaussian`)" in text
@@ -228,8 +228,8 @@ def test_the_report_states_each_datasets_guarantee_for_an_artifact_of_two():
     problems, arts = lineage.check(REPO, stages)
     row = next(line for line in lineage.report(REPO, stages, arts).splitlines()
                if line.startswith("| `data/adapters/rlhf/release`"))
-    assert "hh_rlhf: " in row and "(dp_reward_model)" in row
-    assert "instructions: " in row and "(histogram + train_generator)" in row
+    assert "hh_rlhf: " in row and "(dp_count@hh_rlhf + dp_reward_model)" in row
+    assert "instructions: " in row and "(dp_count@instructions + histogram + train_generator)" in row
 
 
 def git(root, *args):
