@@ -24,7 +24,7 @@ Rules:
     stage writing metrics/privacy.json, which must depend on every entry);
   * a stage that may send its inputs to a remote endpoint (``meta.remote_backend``: the params
     section with ``backend`` and ``allow_remote_private``) reads no private data while that
-    backend is not ``local``, unless the section opts in;
+    backend is not ``local`` (or ``none``), unless the section opts in;
   * every project path a stage's module refers to (its module-level constants and string
     literals under data/, metrics/, plots/, dvclive/) is a declared dep or out of that stage
     (or its own resume state, data/checkpoints/<stage>): code that opens an undeclared file would
@@ -304,7 +304,7 @@ def _remote_problems(stages, arts, params: dict, data: dict) -> list[str]:
         if not isinstance(section, dict) or "backend" not in section:
             out.append(f"stage {s.name}: meta.remote_backend names params section {section_name!r}, which has no backend")
             continue
-        if section["backend"] == "local" or section.get("allow_remote_private", False):
+        if section["backend"] in ("local", "none") or section.get("allow_remote_private", False):
             continue
         for d in s.deps:
             if isinstance(d, ParamsDependency):

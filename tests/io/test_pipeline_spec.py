@@ -14,7 +14,7 @@ SPEC = """stages:
       b: {input: y.parquet, dataset: two, n: 4}
     do:
       cmd: python -m stages.count ${key}
-      deps: [${item.input}]
+      deps: ["${item.input}"]
       meta: {privacy: dp, dp_mechanism: gaussian_count, dp_dataset: "${item.dataset}", n: "${item.n}",
              out: "m/count@${key}-${item.input}"}
   train:

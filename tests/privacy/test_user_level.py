@@ -13,7 +13,7 @@ from dpinstruct.io.errors import ConfigError
 from dpinstruct.privacy import user_level as U
 from dpinstruct.privacy.randomness import DPRandom
 from dpinstruct.training import dp_adam as D
-from tests.privacy.test_dp_adam import TEXTS, batch_of, lora, per_example_grads  # noqa: F401  (fixture)
+from tests.training.test_dp_adam import TEXTS, batch_of, lora, per_example_grads  # noqa: F401  (fixture)
 
 
 def keyed(purpose):

@@ -55,23 +55,25 @@ def test_release_from_real_data(project, embedder_dir):
     entry = ledger.make_entry(stage="train_generator", mechanism="poisson_subsampled_gaussian", dataset="instructions",
                               partition="all",
                               sensitivity=plan.clip_norm, delta=plan.delta,
-                              event=acct.dp_sgd_event(plan.noise_multiplier, plan.sampling_rate, plan.steps))
+                              event=acct.dp_sgd_event(plan.noise_multiplier, plan.sampling_rate, plan.steps),
+                              secure_mode=False)
     Path("metrics/privacy").mkdir(parents=True, exist_ok=True)
     Path(ledger.entry_path("train_generator")).write_text(json.dumps(entry))
     for name, part in (("dp_sft", "sft"), ("dp_ppo", "ppo")):  # the RL pipeline's entries: account wants all
         rl = ledger.make_entry(stage=name, mechanism="m", dataset="imdb", partition=part, sensitivity=1.0, delta=p["rl"]["privacy"]["delta"],
-                               event=acct.dp_sgd_event(0.5, 0.005, 10))
+                               event=acct.dp_sgd_event(0.5, 0.005, 10), secure_mode=False)
         Path(ledger.entry_path(name)).write_text(json.dumps(rl))
     hh = ledger.make_entry(stage="dp_reward_model", mechanism="m", dataset="hh_rlhf", partition="reward",
                            sensitivity=1.0,
-                           delta=p["rlhf"]["privacy"]["delta"], event=acct.dp_sgd_event(1.0, 0.05, 100))
+                           delta=p["rlhf"]["privacy"]["delta"], event=acct.dp_sgd_event(1.0, 0.05, 100),
+                           secure_mode=False)
     Path(ledger.entry_path("dp_reward_model")).write_text(json.dumps(hh))
     for name, dataset, part, delta in (("imdb_sft", "imdb", "sft", p["rl"]["privacy"]["delta"]),
                                        ("imdb_ppo", "imdb", "ppo", p["rl"]["privacy"]["delta"]),
                                        ("hh_rlhf", "hh_rlhf", "reward", p["rlhf"]["privacy"]["delta"])):
         other = ledger.make_entry(stage=f"dp_count@{name}", mechanism="gaussian_count", dataset=dataset, partition=part,
                                   sensitivity=1.0, delta=delta,
-                                  event=acct.histogram_event(20.0), noisy_count=1000.0)
+                                  event=acct.histogram_event(20.0), noisy_count=1000.0, secure_mode=False)
         Path(dp_count.entry_path(name)).write_text(json.dumps(other))
     step(histogram.histogram, p)
     metrics = step(resample.resample, p)
