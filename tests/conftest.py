@@ -69,6 +69,36 @@ def generator_dir(tmp_path_factory, repo_params) -> Path:
     return root / "data/models/generator"
 
 
+# A random model of the generator's architecture (Llama, 30 blocks, tied embeddings, the real vocab)
+# at toy width, with the real tokenizer and chat template: every LoRA layer list, trunk split and
+# token id of the params works on it unchanged, and it loads and steps in milliseconds. Unit tests of
+# DP-Adam, PPO, sampling and SFT and the mechanics tests of the DP stages (keys, resume, sizes) run
+# on it; a few end-to-end tests keep the real model (``generator_dir``).
+TINY_WIDTH = {"hidden_size": 32, "intermediate_size": 64, "num_attention_heads": 4, "num_key_value_heads": 2,
+              "head_dim": 8}
+
+
+@pytest.fixture(scope="session")
+def tiny_generator_dir(tmp_path_factory, generator_dir) -> Path:
+    import shutil
+
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    root = tmp_path_factory.mktemp("tiny") / "generator"
+    root.mkdir()
+    for f in generator_dir.iterdir():
+        if f.name not in ("model.safetensors", "config.json"):
+            shutil.copy(f, root / f.name)
+    config = AutoConfig.from_pretrained(generator_dir)
+    for key, value in TINY_WIDTH.items():
+        setattr(config, key, value)
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model.save_pretrained(root)
+    return root
+
+
 @pytest.fixture(scope="session")
 def embedder_dir(repo_params) -> Path:
     from dpinstruct.models.loading import source_embedder
@@ -77,9 +107,20 @@ def embedder_dir(repo_params) -> Path:
 
 
 @pytest.fixture
+def tiny_project(tmp_path, monkeypatch, tiny_generator_dir, repo_params):
+    """``project`` with the tiny random generator in place of the real one: for tests of mechanics
+    (keys, resume, sizes, refusals) that no model quality enters."""
+    return _project(tmp_path, monkeypatch, tiny_generator_dir, repo_params)
+
+
+@pytest.fixture
 def project(tmp_path, monkeypatch, generator_dir, repo_params):
     """A scratch project: shipped raw data and the materialised generator linked in, params.yaml
     copied from the repository; ``project.params`` can be edited and written with ``save()``."""
+    return _project(tmp_path, monkeypatch, generator_dir, repo_params)
+
+
+def _project(tmp_path, monkeypatch, generator_dir, repo_params):
     (tmp_path / "data/models").mkdir(parents=True)
     (tmp_path / "data/raw").symlink_to(REPO / "data/raw")
     (tmp_path / "data/models/generator").symlink_to(generator_dir)

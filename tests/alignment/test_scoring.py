@@ -17,8 +17,8 @@ PAIRS = [("What is 2+2?", "2+2 is 4."),
 
 
 @pytest.fixture(scope="module")
-def student(generator_dir):
-    return load_generator(generator_dir)
+def student(tiny_generator_dir):
+    return load_generator(tiny_generator_dir)
 
 
 def test_response_nll_equals_a_one_example_computation(student):
@@ -37,8 +37,8 @@ def test_response_nll_equals_a_one_example_computation(student):
         tokenizer, exchange(*PAIRS[0])[:1], generation_prompt=True)
 
 
-def test_a_response_the_model_would_give_scores_lower_than_nonsense(student):
-    model, tokenizer = student
+def test_a_response_the_model_would_give_scores_lower_than_nonsense(generator_dir):
+    model, tokenizer = load_generator(generator_dir)  # a judgement of language: the real model
     good, bad = response_nll(model, tokenizer, ["What is 2+2?"] * 2, ["2+2 equals 4.", "Purple seven walrus quantum."])
     assert good < bad
 

@@ -21,8 +21,8 @@ def annotated(n=10):
                          "finish_reason": ["stop"] * (n - 1) + ["length"]})
 
 
-def test_pairs_are_finished_fit_and_seeded(generator_dir):
-    tokenizer = load_tokenizer(generator_dir)
+def test_pairs_are_finished_fit_and_seeded(tiny_generator_dir):
+    tokenizer = load_tokenizer(tiny_generator_dir)
     pairs = training_pairs(annotated(), SETTINGS, tokenizer=tokenizer, label="x")
     assert len(pairs) == 6 and "r9" not in set(pairs.id)  # unfinished responses never train
     # the same ids whatever else the set holds: a grown set keeps its picks where they still rank first
@@ -32,10 +32,10 @@ def test_pairs_are_finished_fit_and_seeded(generator_dir):
         training_pairs(annotated(5), SETTINGS, tokenizer=tokenizer, label="x")
 
 
-def test_loss_covers_the_response_tokens_only(generator_dir, tmp_path):
-    tokenizer = load_tokenizer(generator_dir)
+def test_loss_covers_the_response_tokens_only(tiny_generator_dir, tmp_path):
+    tokenizer = load_tokenizer(tiny_generator_dir)
     pairs = training_pairs(annotated(), SETTINGS, tokenizer=tokenizer, label="x")
-    trainer = make_trainer(generator_dir, pairs, SETTINGS, tmp_path)
+    trainer = make_trainer(tiny_generator_dir, pairs, SETTINGS, tmp_path)
     batch = next(iter(trainer.get_train_dataloader()))
     for row in range(batch["input_ids"].shape[0]):
         labels = batch["labels"][row]
@@ -45,16 +45,16 @@ def test_loss_covers_the_response_tokens_only(generator_dir, tmp_path):
         assert any(text in (r + "<|im_end|>\n", r + "<|im_end|>") for r in pairs.response), text
 
 
-def test_adapter_trains_and_loads_with_peft(generator_dir, tmp_path):
+def test_adapter_trains_and_loads_with_peft(tiny_generator_dir, tmp_path):
     from peft import PeftModel
 
     from dpinstruct.models.loading import load_generator
 
-    tokenizer = load_tokenizer(generator_dir)
+    tokenizer = load_tokenizer(tiny_generator_dir)
     pairs = training_pairs(annotated(), SETTINGS, tokenizer=tokenizer, label="x")
-    metrics = train_adapter(generator_dir, pairs, SETTINGS, tmp_path / "adapter")
+    metrics = train_adapter(tiny_generator_dir, pairs, SETTINGS, tmp_path / "adapter")
     assert metrics["train_loss"] > 0 and (tmp_path / "adapter/adapter_config.json").exists()
-    base, _ = load_generator(generator_dir)
+    base, _ = load_generator(tiny_generator_dir)
     reference = {k: v.clone() for k, v in base.state_dict().items()}
     merged = PeftModel.from_pretrained(base, str(tmp_path / "adapter")).merge_and_unload().state_dict()
     changed = [k for k in reference if not torch.equal(reference[k], merged[k])]

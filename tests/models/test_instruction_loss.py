@@ -32,9 +32,9 @@ def per_example_grads(model, loss_fn, batch):
 
 
 @pytest.mark.parametrize("layers", [None, [26, 27, 28, 29]])
-def test_instruction_loss_equals_the_plain_loss_values_and_per_example_gradients(generator_dir, layers):
+def test_instruction_loss_equals_the_plain_loss_values_and_per_example_gradients(tiny_generator_dir, layers):
     torch.manual_seed(0)
-    model, tokenizer = lora_model(generator_dir, LORA | ({"layers": layers} if layers else {}))
+    model, tokenizer = lora_model(tiny_generator_dir, LORA | ({"layers": layers} if layers else {}))
     for name, p in model.named_parameters():  # a trained-looking adapter: lora_B is zero at init
         if "lora_B" in name:
             p.data.normal_(0, 0.02)

@@ -12,8 +12,8 @@ from dpinstruct.models.loading import load_generator
 
 
 @pytest.fixture(scope="module")
-def model_and_tokenizer(generator_dir):
-    return load_generator(generator_dir)
+def model_and_tokenizer(tiny_generator_dir):
+    return load_generator(tiny_generator_dir)
 
 
 @pytest.mark.parametrize("top_p,temperature", [(0.95, 1.0), (0.9, 0.7), (0.5, 1.3), (1.0, 1.0)])

@@ -28,9 +28,9 @@ def generators(keys, k=SETTINGS.rollouts, seed=0):
 
 
 @pytest.fixture(scope="module")
-def policy(generator_dir):
+def policy(tiny_generator_dir):
     torch.manual_seed(0)
-    model, tokenizer = lora_model(load_generator(generator_dir), LORA)
+    model, tokenizer = lora_model(load_generator(tiny_generator_dir), LORA)
     # a non-zero adapter, so that the policy and the reference differ
     with torch.no_grad():
         for name, p in model.named_parameters():

@@ -38,6 +38,17 @@ def run(fn, params):
 
 @pytest.fixture
 def project(tmp_path, monkeypatch, generator_dir, repo_params):
+    """The real generator: the end-to-end test."""
+    return rl_project(tmp_path, monkeypatch, generator_dir, repo_params)
+
+
+@pytest.fixture
+def tiny(tmp_path, monkeypatch, tiny_generator_dir, repo_params):
+    """The tiny random generator (conftest): the mechanics tests (resume, keys, sizes, refusals)."""
+    return rl_project(tmp_path, monkeypatch, tiny_generator_dir, repo_params)
+
+
+def rl_project(tmp_path, monkeypatch, generator_dir, repo_params):
     monkeypatch.chdir(tmp_path)
     Path("data/models").mkdir(parents=True)
     os.symlink(generator_dir, "data/models/generator")
@@ -143,10 +154,10 @@ def test_the_rl_pipeline_end_to_end(project, monkeypatch):
     assert set(result["reward_diff"]) == {"dp_ppo-dp_sft", "dp_sft-base"}
 
 
-def test_dp_ppo_resumes_after_a_kill_bit_for_bit_and_needs_the_key_to_replay(project, monkeypatch):
-    prepare(project)
-    run(dp_sft.dp_sft, project)
-    run(dp_ppo.dp_ppo, project)
+def test_dp_ppo_resumes_after_a_kill_bit_for_bit_and_needs_the_key_to_replay(tiny, monkeypatch):
+    prepare(tiny)
+    run(dp_sft.dp_sft, tiny)
+    run(dp_ppo.dp_ppo, tiny)
     whole, entry = digest(dp_ppo.ADAPTER_DIR), Path(ledger.entry_path("dp_ppo")).read_text()
     curves = {f.name: f.read_text() for f in Path("dvclive/dp_ppo/plots/metrics").glob("*.tsv")}
     for p in ("data/adapters/dp_ppo", "data/checkpoints/dp_ppo", "dvclive/dp_ppo"):
@@ -161,10 +172,10 @@ def test_dp_ppo_resumes_after_a_kill_bit_for_bit_and_needs_the_key_to_replay(pro
 
     monkeypatch.setattr(dp_adam.DPAdam, "step", dying)
     with pytest.raises(KeyboardInterrupt):
-        run(dp_ppo.dp_ppo, project)
+        run(dp_ppo.dp_ppo, tiny)
     assert not dp_ppo.ADAPTER_DIR.exists()
     monkeypatch.setattr(dp_adam.DPAdam, "step", real_step)
-    run(dp_ppo.dp_ppo, project)
+    run(dp_ppo.dp_ppo, tiny)
     assert digest(dp_ppo.ADAPTER_DIR) == whole and Path(ledger.entry_path("dp_ppo")).read_text() == entry
     # DVC deleted the curves with the other outputs; the resumed run rebuilds them whole from the checkpoint
     resumed = {f.name: f.read_text() for f in Path("dvclive/dp_ppo/plots/metrics").glob("*.tsv")}
@@ -175,29 +186,29 @@ def test_dp_ppo_resumes_after_a_kill_bit_for_bit_and_needs_the_key_to_replay(pro
     # The attacker's replay: same params, data and code, but not the key. Sampling, noise and
     # rollouts all change, so the committed adapter cannot be reproduced from the repository.
     monkeypatch.setenv("DPINSTRUCT_KEY_FILE", str(Path("other-key").absolute()))
-    run(dp_ppo.dp_ppo, project)
+    run(dp_ppo.dp_ppo, tiny)
     assert digest(dp_ppo.ADAPTER_DIR) != whole
 
 
-def test_refused_settings(project):
-    counts = prepare(project)
-    rl = project["rl"]
+def test_refused_settings(tiny):
+    counts = prepare(tiny)
+    rl = tiny["rl"]
     rl["privacy"]["delta"] = 0.5
     # refused by the DP count N~ (an exact N would make the refusal itself depend on N)
     noisy = counts["imdb_sft"]["noisy_count"]
     with pytest.raises(PrivacyConfigError, match=r"rl.privacy.delta=0.5 must be in \(0, 1/N\) .* for the DP count "
                                                  + re.escape(f"N~={noisy:.1f} ")):
-        run(dp_sft.dp_sft, project)
+        run(dp_sft.dp_sft, tiny)
     # without its part's DP count the stage does not run (it would need N)
     Path(dp_count.entry_path("imdb_sft")).unlink()
     rl["privacy"]["delta"] = 1e-3
     with pytest.raises(FileNotFoundError, match=r"dp_count@imdb_sft.json: the DP count of imdb_sft is missing"):
-        run(dp_sft.dp_sft, project)
+        run(dp_sft.dp_sft, tiny)
     assert not dp_sft.ADAPTER_DIR.exists()
-    run_dp_count("imdb_sft", project)
+    run_dp_count("imdb_sft", tiny)
     rl["privacy"] = {"delta": 1e-3}
     with pytest.raises(PrivacyConfigError, match="must set rl.privacy.epsilon"):
-        run(dp_sft.dp_sft, project)
+        run(dp_sft.dp_sft, tiny)
     # DP-PPO on DP-SFT's own part composes with it; an entry that already spends the budget is refused
     rl["privacy"] = {"epsilon": 4.0, "delta": 1e-3}
     spent = ledger.make_entry(stage="dp_sft", mechanism="m", dataset="imdb", partition="sft", sensitivity=1.0, delta=1e-3,
@@ -206,11 +217,11 @@ def test_refused_settings(project):
     rl["dp_ppo"]["partition"] = "sft"
     with pytest.raises(PrivacyConfigError, match=r"the DP count and earlier mechanisms on part sft alone spend\(s\) "
                                                  r"epsilon"):
-        run(dp_ppo.dp_ppo, project)
+        run(dp_ppo.dp_ppo, tiny)
     assert not dp_ppo.ADAPTER_DIR.exists()
 
 
-def test_a_parts_size_reaches_the_ledger_only_through_its_dp_count(project):
+def test_a_parts_size_reaches_the_ledger_only_through_its_dp_count(tiny):
     # Two private files whose parts differ in size, but whose parts' DP counts came out equal (the
     # first run's count entries written before the second run): the DP-SFT and DP-PPO entries must
     # be identical, since q, T and sigma are params and the only size in an entry is the divisor
@@ -218,16 +229,16 @@ def test_a_parts_size_reaches_the_ledger_only_through_its_dp_count(project):
     saved, sizes, ledgers = {}, [], []
     for n in (160, 200):
         if not saved:
-            counts = prepare(project)
+            counts = prepare(tiny)
             saved = {name: Path(dp_count.entry_path(name)).read_text() for name in COUNTS}
         else:
             raw_reviews("train", n)
-            run(imdb_prepare.imdb_prepare, project)
+            run(imdb_prepare.imdb_prepare, tiny)
             for name, text in saved.items():
                 Path(dp_count.entry_path(name)).write_text(text)  # as if N~ had come out the same
         sizes.append(part_sizes())
-        run(dp_sft.dp_sft, project)
-        run(dp_ppo.dp_ppo, project)
+        run(dp_sft.dp_sft, tiny)
+        run(dp_ppo.dp_ppo, tiny)
         ledgers.append({stage: Path(ledger.entry_path(stage)).read_text() for stage in ("dp_sft", "dp_ppo")})
         shutil.rmtree("data/checkpoints")
     for name in COUNTS:
@@ -280,21 +291,21 @@ def rl_dp_run(project) -> dict:
                         for s in ("dp_sft", "dp_ppo", *(f"dp_count@{c}" for c in COUNTS))}}
 
 
-def test_privacy_secure_mode_reaches_every_rl_dp_stage_and_rl_privacy_does_not_decide(project, monkeypatch,
+def test_privacy_secure_mode_reaches_every_rl_dp_stage_and_rl_privacy_does_not_decide(tiny, monkeypatch,
                                                                                          tmp_path):
     # The randomness setting is params' `privacy` section (key_file, secure_mode) for every DP stage;
     # rl.privacy holds the imdb budget only. Each half sets rl.privacy's would-be keys the other way,
     # so a stage reading them would fail: secure_mode false there with privacy.secure_mode true, and
     # secure_mode true and another key file there with privacy.secure_mode false.
-    prepare(project)
+    prepare(tiny)
     for stage in ("dp_sft", "dp_ppo"):
-        project["rl"][stage]["steps"] = 2  # eight runs: two steps each show every stream
+        tiny["rl"][stage]["steps"] = 2  # eight runs: two steps each show every stream
     monkeypatch.delenv("DPINSTRUCT_KEY_FILE")  # the key comes from privacy.key_file, not the environment
     key, decoy = tmp_path / "keys/secret.key", tmp_path / "keys/rl.key"
-    project["privacy"]["key_file"] = str(key)
-    project["rl"]["privacy"].update(secure_mode=False, key_file=str(decoy))
-    project["privacy"]["secure_mode"] = True
-    secure = [rl_dp_run(project) for _ in range(2)]
+    tiny["privacy"]["key_file"] = str(key)
+    tiny["rl"]["privacy"].update(secure_mode=False, key_file=str(decoy))
+    tiny["privacy"]["secure_mode"] = True
+    secure = [rl_dp_run(tiny) for _ in range(2)]
     assert not key.exists() and not decoy.exists()  # no key read in secure mode
     purposes = {"dp_count/noise", "dp_sft/poisson", "dp_sft/noise", "dp_ppo/poisson", "dp_ppo/noise",
                 "dp_ppo/rollouts"}
@@ -308,18 +319,18 @@ def test_privacy_secure_mode_reaches_every_rl_dp_stage_and_rl_privacy_does_not_d
     assert a["samples"] != b["samples"]  # DP-PPO's Poisson sampling
     assert len(a["probes"]) == 2 and not set(a["probes"]) & set(b["probes"])  # its rollouts, step by step
     # account takes the all-secure ledger, and refuses it mixed with keyed entries of another dataset
-    project["privacy"].update(epsilon=10.0, delta=1e-5)
+    tiny["privacy"].update(epsilon=10.0, delta=1e-5)
     instructions_ledger(secure_mode=True)
-    assert run(account.account, project)["datasets"]["imdb"]["epsilon"] <= 4.0
+    assert run(account.account, tiny)["datasets"]["imdb"]["epsilon"] <= 4.0
     instructions_ledger(secure_mode=False)
     Path(account.OUT).unlink()
     with pytest.raises(PrivacyConfigError, match=r"entries drew their randomness in different modes .*'dp_ppo': True"):
-        run(account.account, project)
+        run(account.account, tiny)
     assert not Path(account.OUT).exists()
 
-    project["privacy"]["secure_mode"] = False
-    project["rl"]["privacy"].update(secure_mode=True)
-    keyed = [rl_dp_run(project) for _ in range(2)]
+    tiny["privacy"]["secure_mode"] = False
+    tiny["rl"]["privacy"].update(secure_mode=True)
+    keyed = [rl_dp_run(tiny) for _ in range(2)]
     assert key.exists() and not decoy.exists()  # privacy.key_file's key, never rl.privacy's
     a, b = keyed
     assert set(a["streams"]) == purposes and all(s.replayable for streams in a["streams"].values() for s in streams)

@@ -47,6 +47,17 @@ def instruction_set(path: str, texts: list[str], privacy: str) -> None:
 
 @pytest.fixture
 def project(tmp_path, monkeypatch, generator_dir, embedder_dir, repo_params):
+    """The real generator: the end-to-end test."""
+    return rlhf_project(tmp_path, monkeypatch, generator_dir, embedder_dir, repo_params)
+
+
+@pytest.fixture
+def tiny(tmp_path, monkeypatch, tiny_generator_dir, embedder_dir, repo_params):
+    """The tiny random generator (conftest): the mechanics tests (keys, sizes, refusals)."""
+    return rlhf_project(tmp_path, monkeypatch, tiny_generator_dir, embedder_dir, repo_params)
+
+
+def rlhf_project(tmp_path, monkeypatch, generator_dir, embedder_dir, repo_params):
     monkeypatch.chdir(tmp_path)
     Path("data/models").mkdir(parents=True)
     os.symlink(generator_dir, "data/models/generator")
@@ -150,52 +161,52 @@ def test_the_rlhf_pipeline_end_to_end(project, monkeypatch):
     assert pd.read_csv(evaluate_rlhf.PLOT).policy.tolist() == ["base", "release", "real", "flan"]
 
 
-def test_bad_pairs_stop_the_stage_and_leave_no_output(project):
+def test_bad_pairs_stop_the_stage_and_leave_no_output(tiny):
     with gzip.open("data/raw/hh_rlhf/pairs.jsonl.gz", "at") as f:
         f.write('{"chosen": "\\n\\nHuman: hi\\n\\nAssistant: a", "rejected": ""}\n')
     with pytest.raises(InputError, match=r"pairs.jsonl.gz, line 91, field 'rejected': empty text"):
-        run(hh_prepare.hh_prepare, project)
+        run(hh_prepare.hh_prepare, tiny)
     assert not Path(hh_prepare.OUT).exists() and not Path(hh_prepare.METRICS).exists()
 
 
-def test_unsafe_or_unusable_settings_are_refused(project):
+def test_unsafe_or_unusable_settings_are_refused(tiny):
     with pytest.raises(ConfigError, match="rlhf.data.heldout_share"):
-        run(hh_prepare.hh_prepare, {**project, "rlhf": {**project["rlhf"], "data": {**project["rlhf"]["data"],
+        run(hh_prepare.hh_prepare, {**tiny, "rlhf": {**tiny["rlhf"], "data": {**tiny["rlhf"]["data"],
                                                                                     "heldout_share": 1.0}}})
-    noisy = features(project)["noisy_count"]
-    project["rlhf"]["privacy"].update(delta=0.5)  # delta >= 1/N would allow releasing a comparison in the clear
+    noisy = features(tiny)["noisy_count"]
+    tiny["rlhf"]["privacy"].update(delta=0.5)  # delta >= 1/N would allow releasing a comparison in the clear
     # refused by the DP count N~ (an exact N would make the refusal itself depend on N)
     with pytest.raises(PrivacyConfigError, match=r"rlhf.privacy.delta=0.5 must be in \(0, 1/N\) .* for the DP count "
                                                  + re.escape(f"N~={noisy:.1f} ")):
-        run(dp_reward_model.dp_reward_model, project)
+        run(dp_reward_model.dp_reward_model, tiny)
     assert not Path(dp_reward_model.MODEL_DIR).exists()
-    project["rlhf"]["privacy"].update(delta=1e-3)
+    tiny["rlhf"]["privacy"].update(delta=1e-3)
     Path(dp_count.entry_path(COUNT)).unlink()  # without the part's DP count the stage does not run (it would need N)
     with pytest.raises(FileNotFoundError, match=r"dp_count@hh_rlhf.json: the DP count of hh_rlhf is missing"):
-        run(dp_reward_model.dp_reward_model, project)
+        run(dp_reward_model.dp_reward_model, tiny)
     assert not Path(dp_reward_model.MODEL_DIR).exists()
     with pytest.raises(ConfigError, match="unknown prompt source 'judge'"):
-        run(rlhf_ppo.rlhf_ppo, "judge", project)
-    project["rlhf"]["rlhf_ppo"].update(rollouts=1)
+        run(rlhf_ppo.rlhf_ppo, "judge", tiny)
+    tiny["rlhf"]["rlhf_ppo"].update(rollouts=1)
     with pytest.raises(ConfigError, match="rollouts >= 2"):
-        run(rlhf_ppo.rlhf_ppo, "release", project)
+        run(rlhf_ppo.rlhf_ppo, "release", tiny)
 
 
-def test_the_dp_reward_model_replays_with_the_key_and_not_without_it(project, monkeypatch, tmp_path):
+def test_the_dp_reward_model_replays_with_the_key_and_not_without_it(tiny, monkeypatch, tmp_path):
     # An attacker holds the features' digest, params.yaml and the code; without the key the model's
     # Poisson draws and noise cannot be replayed (so they cannot be subtracted from the weights).
-    features(project)
+    features(tiny)
     weights = []
     for key in ("a", "a", "b"):
         monkeypatch.setenv("DPINSTRUCT_KEY_FILE", str(tmp_path / f"key-{key}"))
         shutil.rmtree(dp_reward_model.CHECKPOINT_DIR, ignore_errors=True)
-        run(dp_reward_model.dp_reward_model, project)
+        run(dp_reward_model.dp_reward_model, tiny)
         weights.append(json.loads((dp_reward_model.MODEL_DIR / "reward_model.json").read_text())["weight"])
         shutil.rmtree(dp_reward_model.MODEL_DIR)
     assert weights[0] == weights[1] and weights[0] != weights[2]
 
 
-def test_the_reward_parts_size_reaches_the_ledger_only_through_its_dp_count(project):
+def test_the_reward_parts_size_reaches_the_ledger_only_through_its_dp_count(tiny):
     # Two preference files whose reward parts differ in size, but whose DP counts came out equal
     # (the first run's count entry written before the second run): the entries must be identical,
     # since q, T and sigma are params and the only size in the entry is the divisor q x N~
@@ -204,14 +215,14 @@ def test_the_reward_parts_size_reaches_the_ledger_only_through_its_dp_count(proj
     for n in (90, 120):
         raw_pairs(n)
         if saved is None:
-            count = features(project)
+            count = features(tiny)
             saved = Path(dp_count.entry_path(COUNT)).read_text()
         else:
-            run(hh_prepare.hh_prepare, project)
-            run(preference_features.preference_features, project)
+            run(hh_prepare.hh_prepare, tiny)
+            run(preference_features.preference_features, tiny)
             Path(dp_count.entry_path(COUNT)).write_text(saved)  # as if N~ had come out the same
         sizes.append(reward_part_size())
-        run(dp_reward_model.dp_reward_model, project)
+        run(dp_reward_model.dp_reward_model, tiny)
         ledgers.append(Path(ledger.entry_path("dp_reward_model")).read_text())
         shutil.rmtree("data/checkpoints")
     assert sizes[0] < sizes[1] and ledgers[0] == ledgers[1]
@@ -241,18 +252,18 @@ def reward_model_run(project) -> dict:
             "weight": weight}
 
 
-def test_privacy_secure_mode_reaches_the_dp_reward_model_and_rlhf_privacy_does_not_decide(project, monkeypatch,
+def test_privacy_secure_mode_reaches_the_dp_reward_model_and_rlhf_privacy_does_not_decide(tiny, monkeypatch,
                                                                                           tmp_path):
     # The randomness setting is params' `privacy` section (key_file, secure_mode) for every DP stage;
     # rlhf.privacy holds the hh_rlhf budget only. Each half sets rlhf.privacy's would-be keys the
     # other way, so a stage reading them would fail.
-    features(project)
+    features(tiny)
     monkeypatch.delenv("DPINSTRUCT_KEY_FILE")  # the key comes from privacy.key_file, not the environment
     key, decoy = tmp_path / "keys/secret.key", tmp_path / "keys/rlhf.key"
-    project["privacy"]["key_file"] = str(key)
-    project["rlhf"]["privacy"].update(secure_mode=False, key_file=str(decoy))
-    project["privacy"]["secure_mode"] = True
-    secure = [reward_model_run(project) for _ in range(2)]
+    tiny["privacy"]["key_file"] = str(key)
+    tiny["rlhf"]["privacy"].update(secure_mode=False, key_file=str(decoy))
+    tiny["privacy"]["secure_mode"] = True
+    secure = [reward_model_run(tiny) for _ in range(2)]
     assert not key.exists() and not decoy.exists()  # no key read in secure mode
     purposes = {"dp_count/noise", "dp_reward_model/poisson", "dp_reward_model/noise"}
     for r in secure:
@@ -263,20 +274,20 @@ def test_privacy_secure_mode_reaches_the_dp_reward_model_and_rlhf_privacy_does_n
     assert a["count"]["noisy_count"] != b["count"]["noisy_count"]
     assert a["samples"] != b["samples"] and a["weight"] != b["weight"]
     # account takes the all-secure ledger, and refuses it mixed with keyed entries of other datasets
-    project["privacy"].update(epsilon=10.0, delta=1e-5)
-    project["rl"]["privacy"].update(epsilon=10.0, delta=1e-5)
+    tiny["privacy"].update(epsilon=10.0, delta=1e-5)
+    tiny["rl"]["privacy"].update(epsilon=10.0, delta=1e-5)
     other_datasets_ledger(secure_mode=True)
-    assert run(account.account, project)["datasets"]["hh_rlhf"]["epsilon"] <= 8.0
+    assert run(account.account, tiny)["datasets"]["hh_rlhf"]["epsilon"] <= 8.0
     other_datasets_ledger(secure_mode=False)
     Path(account.OUT).unlink()
     with pytest.raises(PrivacyConfigError, match=r"entries drew their randomness in different modes "
                                                  r".*'dp_reward_model': True"):
-        run(account.account, project)
+        run(account.account, tiny)
     assert not Path(account.OUT).exists()
 
-    project["privacy"]["secure_mode"] = False
-    project["rlhf"]["privacy"].update(secure_mode=True)
-    keyed = [reward_model_run(project) for _ in range(2)]
+    tiny["privacy"]["secure_mode"] = False
+    tiny["rlhf"]["privacy"].update(secure_mode=True)
+    keyed = [reward_model_run(tiny) for _ in range(2)]
     assert key.exists() and not decoy.exists()  # privacy.key_file's key, never rlhf.privacy's
     a, b = keyed
     assert set(a["streams"]) == purposes and all(s.replayable for streams in a["streams"].values() for s in streams)

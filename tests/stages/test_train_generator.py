@@ -16,9 +16,22 @@ from dpinstruct.io.errors import PrivacyConfigError
 from dpinstruct.training import dp_adam, dp_generator, mechanism
 from stages import prepare
 from stages import train_generator as stage
+from tests.conftest import _project
 
 COUNT_SIGMA = 4.0  # dp_count.sigma here: N~ stays near the ~25 train rows, so the divisor q x N~ is a real batch
 COUNT = Path("metrics/privacy/dp_count@instructions.json")
+
+
+@pytest.fixture
+def project(tiny_project):
+    """Mechanics (plans, keys, resume, ledger) on the tiny random generator (tests/conftest.py)."""
+    return tiny_project
+
+
+@pytest.fixture
+def real_project(tmp_path, monkeypatch, generator_dir, repo_params):
+    """The real generator, for the one end-to-end test of the stage."""
+    return _project(tmp_path, monkeypatch, generator_dir, repo_params)
 
 
 def tiny(project, n=40, **train):
@@ -68,7 +81,8 @@ def adapter_digest(root) -> str:
     return hashlib.sha256((root / stage.ADAPTER_DIR / "adapter_model.safetensors").read_bytes()).hexdigest()
 
 
-def test_trains_a_loadable_adapter_and_writes_the_ledger(project, generator_dir):
+def test_trains_a_loadable_adapter_and_writes_the_ledger(real_project, generator_dir):
+    project = real_project
     tiny(project)
     entry = run(project)
     saved = json.loads((project.root / "metrics/privacy/train_generator.json").read_text())
@@ -276,7 +290,7 @@ def record_streams(monkeypatch) -> list[dict]:
     return seen
 
 
-def test_other_base_weights_draw_another_sample_and_other_noise(project, generator_dir, monkeypatch):
+def test_other_base_weights_draw_another_sample_and_other_noise(project, tiny_generator_dir, monkeypatch):
     # The run key binds the base weights folder: two runs on the same data, params and key, whose
     # base folders differ (here by one harmless extra file, the model itself unchanged), must not
     # share Poisson samples or DP-Adam noise, or publishing both would let the noise cancel out.
@@ -287,7 +301,7 @@ def test_other_base_weights_draw_another_sample_and_other_noise(project, generat
     folder = project.root / "data/models/generator"
     folder.unlink()
     folder.mkdir()
-    for f in generator_dir.iterdir():
+    for f in tiny_generator_dir.iterdir():
         (folder / f.name).symlink_to(f)
     (folder / "NOTES.md").write_text("the same generator, with a note\n")
     shutil.rmtree(project.root / "data/checkpoints")

