@@ -1,4 +1,4 @@
-"""The sft and evaluate_alignment stages end to end on the real student, at toy size."""
+"""The sft and evaluate_alignment stages end to end at toy size, on the tiny random student."""
 from __future__ import annotations
 
 import json
@@ -32,10 +32,12 @@ def write_annotated(name: str, privacy: str) -> None:
 
 
 @pytest.fixture
-def project(tmp_path, monkeypatch, generator_dir, repo_params):
+def project(tmp_path, monkeypatch, tiny_generator_dir, repo_params):
+    """The mechanics of SFT and of scoring (files, intervals, judging both orders) on the tiny random
+    generator (conftest); what the students learn is measured by `dvc repro` (docs/alignment.md)."""
     monkeypatch.chdir(tmp_path)
     Path("data/models").mkdir(parents=True)
-    os.symlink(generator_dir, "data/models/generator")
+    os.symlink(tiny_generator_dir, "data/models/generator")
     params = yaml.safe_load(yaml.safe_dump(repo_params))
     params["sft"].update(examples=6, steps=2, batch_size=3, max_length=96)
     params["evaluate_alignment"].update(rows=6, max_new_tokens=8, batch_size=4, bootstrap=200)
