@@ -199,14 +199,15 @@ def dataset_card(privacy: dict, ledger: list[dict], rows: int, lock_params: dict
         "| mechanism (stage) | noise multiplier | sampling rate | steps | sensitivity | epsilon alone |",
         "|---|---|---|---|---|---|",
     ]
-    lines += [f"| {e['mechanism']} ({e['stage']}) | {e['noise_multiplier']} | {e['sampling_rate']} | {e['steps']} "
-              f"| {e['sensitivity']} | {e['epsilon']} |" for e in ledger]
+    # an event of several components states no single (sigma, q, T): "-" (ledger.make_entry)
+    lines += [f"| {e['mechanism']} ({e['stage']}) | {e.get('noise_multiplier', '-')} | {e.get('sampling_rate', '-')} "
+              f"| {e.get('steps', '-')} | {e['sensitivity']} | {e['epsilon']} |" for e in ledger]
     lines += ["", "## Contents", "", f"- `instructions.parquet`: {rows} instructions (`id`, `instruction`, `cluster`).",
               ("- `privacy.json`, `ledger/`: the composed guarantee and the entry of each mechanism on the private "
                "instructions (dp_accounting events)."),
               "- `lineage.md`: which artifact came from which data through which mechanism (private hashes withheld).",
               "", "## Parameters of the DP stages (from dvc.lock)", ""]
-    lines += [f"- **{stage}**: `{json.dumps(values, sort_keys=True, default=str)}`" for stage, values in lock_params.items()]
+    lines += params_lines(lock_params)
     lines += ["", "## Intended use and limits", "",
               "Instructions for annotation and alignment (SFT, RLHF). DP bounds what any single user's instruction can "
               "change in this set; it does not make the content safe or correct: review before use.", ""]
@@ -214,6 +215,11 @@ def dataset_card(privacy: dict, ledger: list[dict], rows: int, lock_params: dict
 
 
 NOT_PRIVATE = "NOT differentially private"
+
+
+def params_lines(lock_params: dict[str, dict]) -> list[str]:
+    """One card line per accounted stage: the params it ran with, as dvc.lock records them."""
+    return [f"- **{stage}**: `{json.dumps(values, sort_keys=True, default=str)}`" for stage, values in lock_params.items()]
 
 
 def non_private_card(privacy: dict, rows: int, lock_params: dict[str, dict]) -> str:
@@ -230,7 +236,7 @@ def non_private_card(privacy: dict, rows: int, lock_params: dict[str, dict]) -> 
         "- `lineage.md`: which artifact came from which data (private hashes withheld); its class `dp` names a "
         "pipeline class only and carries no guarantee for this run.",
         "", "## Parameters of the pipeline's accounted stages (from dvc.lock)", ""]
-    lines += [f"- **{stage}**: `{json.dumps(values, sort_keys=True, default=str)}`" for stage, values in lock_params.items()]
+    lines += params_lines(lock_params)
     lines += ["", "## Intended use and limits", "",
               "A baseline for comparison with DP releases of the same pipeline, for the data owner and whoever may "
               "see the private data. Not for publication as private data. Review the content before use.", ""]

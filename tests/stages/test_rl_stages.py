@@ -100,16 +100,16 @@ def digest(path) -> str:
     return hashlib.sha256(Path(path, "adapter_model.safetensors").read_bytes()).hexdigest()
 
 
-def instructions_ledger(secure_mode: bool = False):
+def instructions_ledger():
     """The other datasets' entries, their DP counts included (account wants every dataset's
-    mechanisms), drawn in the randomness mode ``secure_mode``."""
+    mechanisms), keyed like the imdb stages of the test."""
     for name, sigma, q, steps in (("train_generator", 0.6, 0.03, 15), ("histogram", 10.0, 1.0, 1),
                                   ("dp_count@instructions", 20.0, 1.0, 1), ("dp_reward_model", 1.0, 0.05, 100),
                                   ("dp_count@hh_rlhf", 20.0, 1.0, 1)):
         dataset, part = ("hh_rlhf", "reward") if name.endswith(("dp_reward_model", "hh_rlhf")) else ("instructions", "all")
         entry = ledger.make_entry(stage=name, mechanism="m", dataset=dataset, partition=part,
                                   sensitivity=1.0, delta=1e-5,
-                                  event=acct.component_event(sigma, q, steps), secure_mode=secure_mode)
+                                  event=acct.component_event(sigma, q, steps), secure_mode=False)
         Path(ledger.entry_path(name)).write_text(json.dumps(entry))
 
 
@@ -318,15 +318,7 @@ def test_privacy_secure_mode_reaches_every_rl_dp_stage_and_rl_privacy_does_not_d
     assert a["adapters"]["dp_sft"] != b["adapters"]["dp_sft"] and a["adapters"]["dp_ppo"] != b["adapters"]["dp_ppo"]
     assert a["samples"] != b["samples"]  # DP-PPO's Poisson sampling
     assert len(a["probes"]) == 2 and not set(a["probes"]) & set(b["probes"])  # its rollouts, step by step
-    # account takes the all-secure ledger, and refuses it mixed with keyed entries of another dataset
-    tiny["privacy"].update(epsilon=10.0, delta=1e-5)
-    instructions_ledger(secure_mode=True)
-    assert run(account.account, tiny)["datasets"]["imdb"]["epsilon"] <= 4.0
-    instructions_ledger(secure_mode=False)
-    Path(account.OUT).unlink()
-    with pytest.raises(PrivacyConfigError, match=r"entries drew their randomness in different modes .*'dp_ppo': True"):
-        run(account.account, tiny)
-    assert not Path(account.OUT).exists()
+    # a ledger mixing these secure entries with keyed ones is refused: tests/stages/test_account_modes.py
 
     tiny["privacy"]["secure_mode"] = False
     tiny["rl"]["privacy"].update(secure_mode=True)

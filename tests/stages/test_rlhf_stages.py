@@ -103,14 +103,14 @@ def reward_part_size() -> int:
     return int((pd.read_parquet(preference_features.OUT, columns=["partition"]).partition == "reward").sum())
 
 
-def other_datasets_ledger(secure_mode: bool = False):
-    """The other datasets' entries, their DP counts included, drawn in the randomness mode ``secure_mode``."""
+def other_datasets_ledger():
+    """The other datasets' entries, their DP counts included, keyed like the reward model of the test."""
     for name, dataset, part in (("train_generator", "instructions", "all"), ("histogram", "instructions", "all"),
                                 ("dp_count@instructions", "instructions", "all"), ("dp_sft", "imdb", "sft"),
                                 ("dp_ppo", "imdb", "ppo"), ("dp_count@imdb_sft", "imdb", "sft"),
                                 ("dp_count@imdb_ppo", "imdb", "ppo")):
         entry = ledger.make_entry(stage=name, mechanism="m", dataset=dataset, partition=part, sensitivity=1.0, delta=1e-5,
-                                  event=acct.dp_sgd_event(1.0, 0.05, 10), secure_mode=secure_mode)
+                                  event=acct.dp_sgd_event(1.0, 0.05, 10), secure_mode=False)
         Path(ledger.entry_path(name)).write_text(json.dumps(entry))
 
 
@@ -273,17 +273,7 @@ def test_privacy_secure_mode_reaches_the_dp_reward_model_and_rlhf_privacy_does_n
     a, b = secure
     assert a["count"]["noisy_count"] != b["count"]["noisy_count"]
     assert a["samples"] != b["samples"] and a["weight"] != b["weight"]
-    # account takes the all-secure ledger, and refuses it mixed with keyed entries of other datasets
-    tiny["privacy"].update(epsilon=10.0, delta=1e-5)
-    tiny["rl"]["privacy"].update(epsilon=10.0, delta=1e-5)
-    other_datasets_ledger(secure_mode=True)
-    assert run(account.account, tiny)["datasets"]["hh_rlhf"]["epsilon"] <= 8.0
-    other_datasets_ledger(secure_mode=False)
-    Path(account.OUT).unlink()
-    with pytest.raises(PrivacyConfigError, match=r"entries drew their randomness in different modes "
-                                                 r".*'dp_reward_model': True"):
-        run(account.account, tiny)
-    assert not Path(account.OUT).exists()
+    # a ledger mixing these secure entries with keyed ones is refused: tests/stages/test_account_modes.py
 
     tiny["privacy"]["secure_mode"] = False
     tiny["rlhf"]["privacy"].update(secure_mode=True)
