@@ -18,9 +18,10 @@ end to end on D vs D+x in tests/stages/test_prepare.py):
 
 * reading, normalising, the empty and length filters, the generator's max_seq_len skip: a rule on
   each row alone;
-* exact dedup: within a unit only; a row without a user is the unit of its (normalised) text, so
-  across such rows dedup is a set operation (a copy adds nothing; the row kept, the smallest id,
-  does not depend on file order); the paper's cross-row word n-gram dedup is not stable (one row
+* exact dedup: within a unit only; a row without a user is the unit of its (normalised,
+  case-sensitive) text, so across such rows dedup is a set operation (a copy adds nothing; a case
+  variant is its own unit and never replaces a row); within a unit rows are taken in content order
+  (text, then id), never in the order of ids a reader made from line numbers; the paper's cross-row word n-gram dedup is not stable (one row
   can remove many) and runs within a user's rows only (prepare_public, on public data, keeps it);
 * the test / val / train split: a seeded hash of the unit's key (its user id, else its text) against
   expected shares (``dpinstruct.text.splits``); no permutation filling fixed sizes, no cap;

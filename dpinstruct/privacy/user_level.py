@@ -35,7 +35,8 @@ def has_users(user_ids) -> bool:
 def unit_index(user_ids, ids) -> np.ndarray:
     """A dense int per row: rows sharing a user_id share a unit; a row without one is its own."""
     users = pd.Series(user_ids, dtype=object)
-    key = users.where(users.notna(), "row:" + pd.Series(ids, dtype=object).astype(str))
+    # prefixed both ways: a user named "row:x1" must never share a unit with the row of id x1
+    key = ("user:" + users.astype(str)).where(users.notna(), "row:" + pd.Series(ids, dtype=object).astype(str))
     return pd.factorize(key, sort=True)[0].astype(np.int64)
 
 

@@ -37,8 +37,11 @@ def longest_token_bytes(tokenizer) -> int:
 
 
 def unit_keys(df: pd.DataFrame, casefold: bool) -> pd.Series:
-    """The unit of each row: ``user:<user_id>``, or ``text:<dedup key>`` for a row without a user."""
-    texts = df.instruction.map(lambda t: "text:" + dedup_key(t, casefold))
+    """The unit of each row: ``user:<user_id>``, or ``text:<dedup key>`` for a row without a user.
+    Without a user the key is case-SENSITIVE whatever ``casefold`` says: a row differing from another
+    only in case is a unit of its own, so adding it can never replace the row already there (a
+    replacement is two changes, twice the sensitivity). ``casefold`` applies within a user's rows."""
+    texts = df.instruction.map(lambda t: "text:" + dedup_key(t, False))
     return ("user:" + df.user_id).where(df.user_id.notna(), texts)
 
 
@@ -81,10 +84,12 @@ def clean(path, tokenizer, cfg: dict, *, per_unit: bool) -> tuple[pd.DataFrame, 
 
 
 def _dedup_per_unit(df: pd.DataFrame, cfg: dict) -> pd.Series:
-    """Dedup reasons (None = kept) with each unit deduplicated alone, its rows in id order (so
-    neither file order nor another unit's rows decide which row survives)."""
+    """Dedup reasons (None = kept) with each unit deduplicated alone, its rows in content order
+    (text, then id): neither file order, nor another unit's rows, nor ids a reader made from line
+    numbers (which shift when a row is added above) decide which row survives."""
     reasons = pd.Series(None, index=df.index, dtype=object)
-    ordered = df.assign(unit=unit_keys(df, cfg["dedup_casefold"])).sort_values(["unit", "id"], kind="stable")
+    ordered = df.assign(unit=unit_keys(df, cfg["dedup_casefold"])).sort_values(["unit", "instruction", "id"],
+                                                                              kind="stable")
     shared = ordered[ordered.unit.duplicated(keep=False)]  # units of one row need no dedup (most of them)
     for _, rows in shared.groupby("unit", sort=False):
         reasons[rows.index] = dedup(rows.instruction.tolist(), casefold=cfg["dedup_casefold"],

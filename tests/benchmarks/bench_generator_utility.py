@@ -24,7 +24,8 @@ from dpinstruct.models.instruction_loss import row_nll
 from dpinstruct.privacy import dp_count
 from dpinstruct.text.filters import dedup
 from dpinstruct.text.generation_parsing import parse
-from dpinstruct.training import dp_generator, sampler
+from dpinstruct.models import sampler
+from dpinstruct.training import dp_generator
 from dpinstruct.training.dp_adam import build_examples, collate, micro_batches
 
 

@@ -514,8 +514,9 @@ def test_no_published_number_gives_a_private_size_better_than_its_dp_noise():
 
 
 def test_the_ratio_attack_has_power():
-    """The same attacker finds what the ledger does publish: N~ as the divisor over q, and it would
-    have found N itself in the old ledgers (divisor B set to q x N)."""
+    """A control of the attack's own code (its ratios, the filter of params-only pairs): it finds
+    what the ledger does publish, N~ as the divisor over q, and that N~ is a DP count, not N; and
+    given the old ledgers' divisor q x N it would have found N, so the test above has power."""
     values, noisy = _published()
     if not noisy:
         pytest.skip("no committed DP count (dvc repro writes metrics/privacy/dp_count@*.json)")

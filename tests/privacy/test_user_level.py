@@ -123,3 +123,12 @@ def test_a_users_records_are_averaged_then_clipped_as_one_gradient(lora):  # noq
     assert dp.step([batch]).batch_size == 2  # two users, not three records
     assert (seen[0] - want).norm() / want.norm() < 1e-3
     assert (seen[0] - per_record).norm() / per_record.norm() > 1e-2
+
+
+def test_a_user_named_like_a_row_is_not_that_rows_unit():
+    # a user id "row:x1" and the user-less row of id x1 are two units: adding the user must add a
+    # unit, not grow an existing one (that would double the sensitivity)
+    from dpinstruct.privacy.user_level import unit_index
+
+    units = unit_index(["row:x1", None, "u", "u"], ["y", "x1", "z1", "z2"])
+    assert len(set(units)) == 3 and units[0] != units[1] and units[2] == units[3]

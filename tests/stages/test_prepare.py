@@ -33,7 +33,8 @@ def test_shipped_data_counts_and_disjoint_splits(project):
     assert priv["read"] == 5000
     dropped = sum(priv[k] for k in ("empty", "too_short", "too_long", "exact_duplicate", "ngram_duplicate"))
     assert priv["read"] - dropped == priv["kept"]
-    assert priv["exact_duplicate"] > 0  # the shipped set has case/whitespace near-duplicates
+    # the shipped rows name no user: only identical texts merge, case variants are rows of their own
+    assert priv["exact_duplicate"] == 0 and priv["kept"] > 4000
     cfg = project.params["prepare"]
     assert priv["train"] + priv["val"] + priv["test"] == priv["kept"]  # every kept row lands in one split
     # Splits are expected shares of the units (here every unit is one row): each within 4 binomial sds.
@@ -46,7 +47,7 @@ def test_shipped_data_counts_and_disjoint_splits(project):
         assert len(tables[s]) == priv[s]
         assert tables[s].n_tokens.between(cfg["min_tokens"], cfg["max_tokens"]).all()
     ids = [set(tables[s].id) for s in PRIVATE_SPLITS]
-    texts = [set(tables[s].instruction.str.casefold()) for s in PRIVATE_SPLITS]
+    texts = [set(tables[s].instruction) for s in PRIVATE_SPLITS]  # a text is one unit: one split (case variants are not)
     for i in range(3):
         for j in range(i + 1, 3):
             assert not ids[i] & ids[j] and not texts[i] & texts[j]
@@ -145,13 +146,16 @@ def test_one_row_more_or_less_moves_that_row_only(project):
 def test_dedup_is_per_unit_on_the_private_file(project):
     same = "Please explain in simple words how the moon changes its shape every single month for kids"
     records = [
-        # rows without a user: exact duplicates are one unit (a set), kept as the smallest id, wherever it sits
+        # rows without a user: identical texts are one unit (a set), kept as the smallest id, wherever it
+        # sits; a case variant is a unit of its own (adding it must never replace the row already there)
         {"id": "b", "instruction": "What is a good name for a cat?"},
-        {"id": "a", "instruction": "what is  a GOOD name for a cat?"},
+        {"id": "a", "instruction": "What is  a good name for a cat?"},
+        {"id": "e", "instruction": "what is a GOOD name for a cat?"},
         # ... but rows of different units sharing a 10-gram are all kept (the cross-row rule is not stable)
         {"id": "c", "instruction": same + " please"},
         {"id": "d", "instruction": same + " today"},
-        # one user's rows are deduplicated within the user, exact and by n-gram
+        # one user's rows are deduplicated within the user, exact and by n-gram, in content order
+        # (" again" sorts before " now": u2 survives whatever the ids)
         {"id": "u1", "user_id": "x", "instruction": same + " now"},
         {"id": "u2", "user_id": "x", "instruction": same + " again"},
         {"id": "u3", "user_id": "x", "instruction": "Completely unrelated question about trains?"},
@@ -162,9 +166,9 @@ def test_dedup_is_per_unit_on_the_private_file(project):
     project.params["data"]["private_path"] = str(project.root / "dedup.jsonl")
     project.params["prepare"].update(test_share=0.2, val_share=0.2)
     priv = run(project)["private"]
-    assert (priv["exact_duplicate"], priv["ngram_duplicate"], priv["kept"]) == (1, 1, 66)
+    assert (priv["exact_duplicate"], priv["ngram_duplicate"], priv["kept"]) == (1, 1, 67)
     kept = set().union(*(pd.read_parquet(stage.OUT[s]).id for s in PRIVATE_SPLITS))
-    assert {"a", "c", "d", "u1", "u3", "v1"} <= kept and not {"b", "u2"} & kept
+    assert {"a", "c", "d", "e", "u2", "u3", "v1"} <= kept and not {"b", "u1"} & kept
     # the row kept for a text is the smallest id whatever the file order
     jsonl_rows(project.root / "dedup.jsonl", records[1::-1] + records[2:])
     run(project)

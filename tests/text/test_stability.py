@@ -112,3 +112,29 @@ def clean_rows(rows, tokenizer, tmp_path, name):
     path = tmp_path / f"{name}.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return clean(path, tokenizer, CFG, per_unit=True)[0].instruction
+
+
+def kept(rows: list[dict], tokenizer, tmp_path, name: str) -> Counter:
+    """Every kept row (all splits) as (user, text): what the mechanisms downstream can see."""
+    path = tmp_path / f"{name}.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    df, _ = clean(path, tokenizer, CFG, per_unit=True)
+    return Counter(zip(df.user_id.fillna(""), df.instruction))
+
+
+def test_ids_made_from_line_numbers_never_decide_another_units_rows(tokenizer, tmp_path):
+    # no id column: the reader numbers lines, and a row added on top turns "line9" into "line10",
+    # which sorts before "line2". User a's near-duplicates must keep the same survivor anyway.
+    a = [{"user_id": "a", "instruction": LONG + f" variant {w}"} for w in ("one", "two")]
+    filler = [{"user_id": f"f{i}", "instruction": f"filler question number {w}"} for i, w in enumerate(WORDS[:8])]
+    base = filler + a
+    before = kept(base, tokenizer, tmp_path, "d")
+    after = kept([{"user_id": "new", "instruction": "a brand new question"}] + base, tokenizer, tmp_path, "dx")
+    assert after - before == Counter({("new", "a brand new question"): 1}) and not before - after
+
+
+def test_a_case_variant_without_a_user_is_its_own_unit_and_replaces_nothing(tokenizer, tmp_path):
+    base = [{"id": "b", "instruction": "Hello world, how are you"}, {"id": "c", "instruction": "tell me a joke"}]
+    before = kept(base, tokenizer, tmp_path, "d")
+    after = kept(base + [{"id": "a", "instruction": "HELLO WORLD, HOW ARE YOU"}], tokenizer, tmp_path, "dx")
+    assert after - before == Counter({("", "HELLO WORLD, HOW ARE YOU"): 1}) and not before - after
