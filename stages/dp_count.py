@@ -40,14 +40,15 @@ class Counted:
     budget: tuple        # params keys of the dataset's budget
     part_column: str | None = None   # rows of this partition only, when the file holds several
 
-    def units(self) -> tuple[int, str]:
-        """(number of units, neighbouring relation) of the input."""
-        columns = ["id"] + (["user_id"] if self.dataset == "instructions" else []) + \
-            ([self.part_column] if self.part_column else [])
+    def units(self, user_cfg: dict | None) -> tuple[int, str]:
+        """(number of units, neighbouring relation) of the input; users count only where the dataset
+        has them (the instructions) and ``user_level.enabled`` says so (a param, never the data)."""
+        by_user = self.dataset == "instructions" and user_level.enabled(user_cfg)
+        columns = ["id"] + (["user_id"] if by_user else []) + ([self.part_column] if self.part_column else [])
         df = pd.read_parquet(self.input, columns=columns)
         if self.part_column:
             df = df[df[self.part_column] == self.partition]
-        if "user_id" in df and user_level.has_users(df.user_id):
+        if by_user:
             return len(set(user_level.unit_index(df.user_id, df.id))), user_level.NEIGHBOURING
         return len(df), acct.NEIGHBOURING
 
@@ -77,14 +78,15 @@ def count(name: str, params: dict, out) -> dict:
                                  f"epsilon is finite), got {sigma}: 0 would publish N exactly, and below {MIN_SIGMA} "
                                  "the count alone costs more than epsilon 4.4 at delta 1e-5 (the accountants also "
                                  "stall near 0); the count only sizes the run, the default 20 costs 0.003")
-    key = run_key(f"{STAGE}@{name}", (cfg, budget, privacy.get("secure_mode")), (item.input,), module=STAGE)
+    user_cfg = params.get("user_level") if item.dataset == "instructions" else None
+    key = run_key(f"{STAGE}@{name}", (cfg, budget, privacy.get("secure_mode"), user_cfg), (item.input,), module=STAGE)
     random = DPRandom.for_purpose(f"{STAGE}/noise", *key, privacy=privacy)
-    n, neighbouring = item.units()
+    n, neighbouring = item.units(user_cfg)
     noisy = dp_count.release(n, sigma, random)
     entry = ledger.make_entry(stage=f"{STAGE}@{name}", mechanism=dp_count.MECHANISM, dataset=item.dataset,
                               partition=item.partition, sensitivity=1.0, delta=delta, event=acct.histogram_event(sigma),
                               noisy_count=noisy, secure_mode=not random.replayable, neighbouring=neighbouring,
-                              params_hash=P.params_hash(cfg, budget))
+                              params_hash=P.params_hash(cfg, budget, user_cfg))
     out.write_json(entry, dp_count.entry_path(name))
     log.info("DP count of %s (sigma %g): epsilon of this step alone %s", name, sigma, entry["epsilon"])
     return entry

@@ -51,12 +51,13 @@ def histogram(params: dict, out) -> dict:
     cfg, privacy = P.section(params, STAGE), P.section(params, "privacy")
     ids, private = embedding_io.read(TRAIN_EMBEDDINGS)
     users = pd.read_parquet(TRAIN, columns=["id", "user_id"]).set_index("id").user_id.reindex(ids)
-    units = user_level.unit_index(users, ids) if user_level.has_users(users) else None
+    units = user_level.units(users, ids, params.get("user_level"))  # the mode is a param, never the data's
     # Refuses unsafe settings before any counting; the same rule (on the DP count) the generator's plan used.
     sigma = acct.histogram_noise(params.get("privacy"), params.get(STAGE), dp_count.read(COUNT)[0])
     buckets = bucketing.from_table(read_table(BUCKETS), read_metadata(BUCKETS)["buckets"])
-    phash = P.params_hash(cfg, privacy)
-    random = DPRandom.for_purpose(f"{STAGE}/noise", *run_key(STAGE, (cfg, privacy), INPUTS), privacy=privacy)
+    phash = P.params_hash(cfg, privacy, params.get("user_level"))
+    random = DPRandom.for_purpose(f"{STAGE}/noise", *run_key(STAGE, (cfg, privacy, params.get("user_level")), INPUTS),
+                                  privacy=privacy)
     secure = not random.replayable
     labels, k = buckets.assign(private), len(buckets.centroids)
     exact = exact_counts(labels, k) if units is None else user_level.user_votes(labels, units, k)
@@ -70,7 +71,7 @@ def histogram(params: dict, out) -> dict:
     entry = ledger.make_entry(stage=STAGE, mechanism="gaussian", dataset=DATASET, partition="all",
                               sensitivity=1.0, delta=delta,
                               event=acct.histogram_event(sigma), secure_mode=secure, params_hash=phash,
-                              neighbouring=acct.NEIGHBOURING if units is None else user_level.NEIGHBOURING)
+                              neighbouring=user_level.neighbouring(params.get("user_level"), acct.NEIGHBOURING))
     out.write_json(entry, ledger.entry_path(STAGE))
     # Only DP quantities: the noisy total, never the exact number of private records.
     metrics = {"clusters": len(noisy), "sigma": sigma, "noisy_total": float(noisy.sum()),

@@ -23,6 +23,7 @@ from dpinstruct.io.artifacts import table_metadata
 from dpinstruct.io.errors import ConfigError
 from dpinstruct.io.runner import run_stage
 from dpinstruct.models.loading import GENERATOR_DIR, load_tokenizer
+from dpinstruct.privacy import user_level
 from dpinstruct.text.cleaning import SCHEMA, clean, rules
 from dpinstruct.text.splits import SPLITS, split
 
@@ -35,8 +36,10 @@ def prepare(params: dict, out) -> dict:
     data, cfg = P.section(params, "data"), P.section(params, "prepare")
     cfg = check_settings(data, cfg)
     tokenizer = load_tokenizer(GENERATOR_DIR)
-    phash = P.params_hash(data["private_path"], cfg, params["models"]["generator"])
-    private, counts = clean(data["private_path"], tokenizer, cfg, per_unit=True)
+    phash = P.params_hash(data["private_path"], cfg, params["models"]["generator"], params.get("user_level"))
+    # The privacy unit is a param (user_level.enabled), never inferred from whether rows name users.
+    private, counts = clean(data["private_path"], tokenizer, cfg, per_unit=True,
+                            users=user_level.enabled(params.get("user_level")))
     parts = split(private, seed=cfg["seed"], test_share=cfg["test_share"],
                   val_share=cfg["val_share"], path=data["private_path"])
     for name, df in parts.items():

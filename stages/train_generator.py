@@ -41,8 +41,7 @@ STAGE = dp_generator.STAGE
 
 def train(params: dict, out) -> dict:
     train_split = pd.read_parquet(TRAIN, columns=["id", "instruction", "user_id"])
-    units = (user_level.unit_index(train_split.user_id, train_split.id)
-             if user_level.has_users(train_split.user_id) else None)
+    units = user_level.units(train_split.user_id, train_split.id, params.get("user_level"))
     phash = P.params_hash(params[STAGE], params.get("privacy"), params.get("histogram"), params.get("user_level"))
     noisy_count, count_component, _ = dp_count.read(COUNT)
     fitted = dp_generator.fit(

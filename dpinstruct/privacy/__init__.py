@@ -48,7 +48,8 @@ Mechanisms and their sensitivities:
   removing a record changes one count by 1 (L2 sensitivity 1); i.i.d. Gaussian noise of std sigma_h
   on every bin. Event: Gaussian(sigma_h). Clipping negatives to 0 is post-processing.
 
-* User-level DP (``user_level``), when the private train split has ``user_id``s: the unit is a
+* User-level DP (``user_level``), when the param ``user_level.enabled`` is true (a param, never
+  inferred from the data; with false, ``user_id`` is dropped as the file is read): the unit is a
   user with all their instructions (``add_or_remove_one_user``). DP-Adam Poisson-samples users,
   averages a sampled user's (at most ``max_records_per_user``) records into one gradient and clips
   it to C; the histogram spreads one vote over each user's records (L2 sensitivity 1); delta must

@@ -39,9 +39,13 @@ def tree_digest(path: Path | str) -> str:
 def code_digest(stage: str) -> str:
     """One digest of every project file the stage's module runs (its import closure, the same set
     its dvc.yaml deps must cover)."""
-    module = ROOT / "stages" / f"{stage}.py"
+    return closure_digest(ROOT / "stages" / f"{stage}.py")
+
+
+def closure_digest(module: Path) -> str:
+    """One digest of ``module`` and every project file it imports (a stage's, or a tool's)."""
     if not module.exists():
-        raise MissingInputError(f"the run key needs the stage module {module}")
+        raise MissingInputError(f"the run key needs the module {module}")
     # the same set as the stage's dvc.yaml code deps (``dpinstruct deps``): a docstring-only package
     # __init__ runs no code, and digesting it would change the noise on an edit `dvc status` never sees
     files = sorted(f for f in imported_files(ROOT, module) if not (f.name == "__init__.py" and run_no_code(ROOT / f)))

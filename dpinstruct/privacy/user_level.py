@@ -1,7 +1,10 @@
 """User-level DP for the release: the privacy unit is a user, not an instruction.
 
-Used when the private train split has a ``user_id`` (rows without one are their own user, as in
-the splits). Neighbouring relation: add or remove ONE USER with all of their instructions
+Used when the param ``user_level.enabled`` is true (rows without a ``user_id`` are then their own
+user, as in the splits). The mode is a PARAM, never read off the data: were it decided by whether any
+row names a user, one added row would switch the mechanism (and the published neighbouring
+relation). With ``enabled: false`` the ``user_id`` column is ignored from ``prepare`` on (record-level
+DP: every row is a unit, whatever user wrote it). Neighbouring relation: add or remove ONE USER with all of their instructions
 (``NEIGHBOURING``). The mechanisms change as follows, so that each sensitivity bound holds per user:
 
 * DP-Adam (Algorithm 1): each step Poisson-samples USERS, each independently with probability q. Of a
@@ -27,9 +30,22 @@ from dpinstruct.privacy.randomness import DPRandom
 NEIGHBOURING = "add_or_remove_one_user"
 
 
-def has_users(user_ids) -> bool:
-    """Whether the private train split names users at all (then the unit is the user)."""
-    return bool(pd.Series(user_ids, dtype=object).notna().any())
+def enabled(cfg: dict | None) -> bool:
+    """``user_level.enabled``: whether the privacy unit is the user (a param, checked, never inferred)."""
+    value = (cfg or {}).get("enabled")
+    if not isinstance(value, bool):
+        raise ConfigError("user_level.enabled", f"must be true or false, got {value!r} (true: the privacy unit is "
+                                                "a user_id with all their rows; false: a row, user_id ignored)")
+    return value
+
+
+def units(user_ids, ids, cfg: dict | None) -> np.ndarray | None:
+    """``unit_index`` under user-level DP, None (every row its own unit) under record-level DP."""
+    return unit_index(user_ids, ids) if enabled(cfg) else None
+
+
+def neighbouring(cfg: dict | None, record_level: str) -> str:
+    return NEIGHBOURING if enabled(cfg) else record_level
 
 
 def unit_index(user_ids, ids) -> np.ndarray:

@@ -45,10 +45,13 @@ def unit_keys(df: pd.DataFrame, casefold: bool) -> pd.Series:
     return ("user:" + df.user_id).where(df.user_id.notna(), texts)
 
 
-def clean(path, tokenizer, cfg: dict, *, per_unit: bool) -> tuple[pd.DataFrame, dict]:
-    """Kept rows (id, instruction, user_id, n_tokens; plus ``unit`` when ``per_unit``) and counts."""
+def clean(path, tokenizer, cfg: dict, *, per_unit: bool, users: bool = True) -> tuple[pd.DataFrame, dict]:
+    """Kept rows (id, instruction, user_id, n_tokens; plus ``unit`` when ``per_unit``) and counts.
+    ``users=False`` (record-level DP, ``user_level.enabled: false``) drops every ``user_id`` as read:
+    under record-level DP a row is the unit, so no rule may group one user's rows (a case variant
+    added to a user's rows could replace one: two changes)."""
     records = read_instructions(path)
-    df = pd.DataFrame({"id": [r.id for r in records], "user_id": [r.user_id for r in records],
+    df = pd.DataFrame({"id": [r.id for r in records], "user_id": [r.user_id if users else None for r in records],
                        "instruction": [normalise(r.instruction) for r in records]})
     del records  # the frame holds what is needed; a million Records would double the peak memory
     counts = {"read": len(df)}

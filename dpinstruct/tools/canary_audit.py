@@ -39,6 +39,7 @@ from dpinstruct.io.runner import setup_logging
 from dpinstruct.models.loading import GENERATOR_DIR, load_tokenizer
 from dpinstruct.privacy import accounting as acct
 from dpinstruct.privacy import dp_count, user_level
+from dpinstruct.privacy.run_key import closure_digest, run_key
 from dpinstruct.privacy.audit import audit
 from dpinstruct.privacy.ledger import finite
 from dpinstruct.privacy.randomness import DPRandom
@@ -91,17 +92,20 @@ def run_once(params: dict, label: str, train: pd.DataFrame, texts: list[str], in
                       pd.DataFrame({"id": [f"canary:{i}" for i in np.flatnonzero(included)],
                                     "instruction": [texts[i] for i in np.flatnonzero(included)],
                                     "user_id": None})], ignore_index=True)
-    units = user_level.unit_index(data.user_id, data.id) if user_level.has_users(data.user_id) else None
-    phash = P.params_hash(params[dp_generator.STAGE], params.get("privacy"), params.get("histogram"),
-                          params.get("user_level"))
-    data_digest = P.params_hash(data.id.tolist(), data.instruction.tolist())
+    units = user_level.units(data.user_id, data.id, params.get("user_level"))
+    sections = (params[dp_generator.STAGE], params.get("privacy"), params.get("histogram"), params.get("user_level"))
+    data_digest = P.params_hash(data.id.tolist(), data.instruction.tolist(), data.user_id.tolist())
+    # the whole run key, as train_generator's (params, base weights, the split, the DP count, the code)
+    # plus this tool's own code and the audited copy of the data: an audit never replays a release's noise
+    key = (*run_key(dp_generator.STAGE, sections, (TRAIN, GENERATOR_DIR, dp_count.entry_path("instructions"))),
+           f"tool:{closure_digest(Path(__file__).resolve())}", f"audit:{label}", f"data:{data_digest}")
     started = time.monotonic()
     # The run's DP count (the divisor and the calibration's prior, exactly as train_generator plans),
     # plus the canaries added to the copy of the split (an audit-internal, private figure).
     noisy_count, count_component, _ = dp_count.read("instructions")
     fitted = dp_generator.fit(params, data.instruction.tolist(), units=units,
                               noisy_count=noisy_count + int(included.sum()), count_component=count_component,
-                              run_key=("audit", label, phash, data_digest),
+                              run_key=key,
                               checkpoint_dir=workdir / label / "checkpoints", live_dir=workdir / label / "live",
                               desc=f"audit training ({label})")
     # the time is logged, not reported: it grows with the private N

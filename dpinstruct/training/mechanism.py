@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from dpinstruct.io.fingerprint import fingerprint
 from dpinstruct.io.params import params_hash
 from dpinstruct.privacy import accounting as acct
 from dpinstruct.privacy import ledger
@@ -51,7 +52,11 @@ class DPSGDMechanism:
         into the streams on top of it. ``privacy``: params' randomness setting (key_file / secure_mode)."""
         self.scope, self.plan = scope, plan
         log.info("%s plan: %s", scope.stage, plan.describe())
-        self.loop = DPLoop(scope.stage, privacy=privacy, run_key=(*run_key, params_hash(plan.as_dict())),
+        # The machine is bound too (device, CPU kernels, torch/MKL versions, threads): a param such as
+        # bf16: auto resolves by device, and one run key on a CPU and on a GPU would otherwise draw
+        # the same sample and noise for two different computations.
+        self.loop = DPLoop(scope.stage, privacy=privacy,
+                           run_key=(*run_key, params_hash(plan.as_dict()), f"machine:{params_hash(fingerprint())}"),
                            steps=plan.steps, noise_multiplier=plan.effective_noise_multiplier,
                            sampling_rate=plan.sampling_rate, delta=plan.delta, checkpoint_dir=checkpoint_dir,
                            live_dir=live_dir, checkpoint_every=int(checkpoint_every))

@@ -160,7 +160,7 @@ def test_the_stage_name_changes_the_key_and_the_draws(inputs):
 
 
 def test_a_missing_stage_module_is_refused(inputs):
-    with pytest.raises(FileNotFoundError, match=r"the run key needs the stage module .*stages/no_such_stage\.py"):
+    with pytest.raises(FileNotFoundError, match=r"the run key needs the module .*stages/no_such_stage\.py"):
         rk.run_key("no_such_stage", PARAMS, (DATA,))
 
 

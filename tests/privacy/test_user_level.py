@@ -37,7 +37,14 @@ def test_units_group_rows_by_user_and_rows_without_one_stand_alone():
     assert frame.dropna().groupby("user").unit.nunique().eq(1).all()
     assert frame[frame.user.isna()].unit.is_unique
     assert units.max() + 1 == frame.user.nunique() + frame.user.isna().sum()
-    assert U.has_users(users) and not U.has_users([None, None])
+    assert U.units(users, ids, {"enabled": False}) is None
+    assert (U.units(users, ids, {"enabled": True}) == units).all()
+
+
+@pytest.mark.parametrize("value", [None, "yes", 1])
+def test_the_unit_is_a_param_never_inferred(value):
+    with pytest.raises(ConfigError, match="user_level.enabled"):
+        U.enabled({"enabled": value})
 
 
 def test_users_are_sampled_whole_at_rate_q_and_capped():

@@ -23,7 +23,7 @@ from tests.conftest import run_dp_count
 
 REPO = Path(__file__).resolve().parents[2]
 PARAMS = {"privacy": {"epsilon": 6.0, "delta": 1e-5, "secure_mode": False}, "histogram": {"sigma": 10.0},
-          "dp_count": {"sigma": 20.0},
+          "dp_count": {"sigma": 20.0}, "user_level": {"enabled": False, "max_records_per_user": 8},
           "cluster": {"explained_variance": 0.9, "k": 8, "niter": 20, "nredo": 1, "seed": 0,
                       "max_points_per_centroid": 256}}
 
@@ -81,6 +81,8 @@ def run_histogram(params, users=None):
     stage reads), then the stage."""
     write_embeddings(histogram.TRAIN_EMBEDDINGS, 300, 1, "private")
     write_train(300, users)
+    if users is not None:  # user-level DP is a param: the users' ids alone switch nothing
+        params = {**params, "user_level": {**params["user_level"], "enabled": True}}
     run_dp_count("instructions", params)
     with Outputs() as out:
         return histogram.histogram(params, out)

@@ -188,6 +188,7 @@ def test_an_old_style_prepare_section_is_told_what_replaced_it(project):
 def test_whole_floats_are_accepted_as_integers(project, changes):
     # `dvc exp run -S` may write 2.0 for an integer param: the same run as with the int (users of two
     # rows each, so that the per-user dedup, and with it ngram_dedup_n, really runs)
+    project.params["user_level"]["enabled"] = True
     small_splits(project, jsonl(project.root / "x.jsonl", [dict(r, user_id=f"u{i // 2}") for i, r in enumerate(rows())]))
     as_ints = run_prepare(project)["private"]
     split_ids = {name: pq.read_table(project.root / path).column("id").to_pylist() for name, path in prepare.OUT.items()}

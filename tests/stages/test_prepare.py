@@ -96,6 +96,7 @@ def test_user_level_split_keeps_a_user_in_one_split(project):
     pd.DataFrame(rows).to_csv(path, index=False)
     project.params["data"]["private_path"] = str(path)
     project.params["prepare"].update(test_share=0.25, val_share=0.25)
+    project.params["user_level"]["enabled"] = True
     run(project)
     tables = {s: pd.read_parquet(stage.OUT[s]) for s in PRIVATE_SPLITS}
     users = {s: set(tables[s].user_id) for s in PRIVATE_SPLITS}
@@ -136,6 +137,7 @@ def test_one_row_more_or_less_moves_that_row_only(project):
     # users: removing user u3's rows removes exactly them from the one split they were in
     records = [{"id": f"r{i}", "user_id": f"u{i % 25}", "instruction": f"Ask {i} things about item {i * 7} now"}
                for i in range(100)]
+    project.params["user_level"]["enabled"] = True
     jsonl_rows(path, records)
     full = splits_by_id(project)
     jsonl_rows(path, [r for r in records if r["user_id"] != "u3"])
@@ -165,6 +167,7 @@ def test_dedup_is_per_unit_on_the_private_file(project):
     jsonl_rows(project.root / "dedup.jsonl", records)
     project.params["data"]["private_path"] = str(project.root / "dedup.jsonl")
     project.params["prepare"].update(test_share=0.2, val_share=0.2)
+    project.params["user_level"]["enabled"] = True
     priv = run(project)["private"]
     assert (priv["exact_duplicate"], priv["ngram_duplicate"], priv["kept"]) == (1, 1, 67)
     kept = set().union(*(pd.read_parquet(stage.OUT[s]).id for s in PRIVATE_SPLITS))

@@ -67,6 +67,7 @@ def test_adding_one_row_changes_the_train_split_by_that_row_only(project):
 
 def test_adding_one_user_changes_that_users_rows_only(project):
     rows = [{**r, "user_id": f"user{i % 97}"} for i, r in enumerate(shipped_rows())]
+    project.params["user_level"]["enabled"] = True
     base = train_multiset(project, rows, "users")
     new_user = [{"id": f"new{i}", "user_id": "user-new", "instruction": f"Plan a {w} trip for a family of four"}
                 for i, w in enumerate(("two-day", "week-long", "rainy"))]

@@ -253,7 +253,7 @@ def test_user_level_dp_samples_users_and_the_ledger_says_so(project):
     train["user_id"] = [f"user{i % 6}" for i in range(len(train))]  # 6 users of 4 or 5 records
     table = pa.Table.from_pandas(train, preserve_index=False)
     write_parquet(table, path, table.schema, meta)
-    project.params["user_level"] = {"max_records_per_user": 2}
+    project.params["user_level"] = {"enabled": True, "max_records_per_user": 2}
     project.params["privacy"]["delta"] = 0.5
     # sigma 1, the smallest dp_count allows: N~ = 6 +- 1, so N~ > 2 (refused) and one digit (users, not the
     # ~25 records) both hold unless the noise passes 4 sds

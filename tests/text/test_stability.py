@@ -30,10 +30,10 @@ def tokenizer(generator_dir):
     return load_tokenizer(generator_dir)
 
 
-def train_split(rows: list[dict], tokenizer, tmp_path, name: str) -> Counter:
+def train_split(rows: list[dict], tokenizer, tmp_path, name: str, users: bool = True) -> Counter:
     path = tmp_path / f"{name}.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    df, _ = clean(path, tokenizer, CFG, per_unit=True)
+    df, _ = clean(path, tokenizer, CFG, per_unit=True, users=users)
     # split()'s own rule, without its refusal of an empty split (tiny files here)
     train = df[df.unit.map(lambda u: partition_of(u, 0, split_shares(0.2, 0.1))) == "train"]
     return Counter(zip(train.user_id.fillna(""), train.instruction))
@@ -79,15 +79,29 @@ def neighbour(draw, rows: list[dict]):
 def test_adding_one_unit_changes_the_train_split_by_that_units_rows_only(data, tokenizer, tmp_path):
     rows = data.draw(files())
     x, at = data.draw(neighbour(rows))
+    users = data.draw(st.booleans())  # user_level.enabled
     with_x = rows[:at] + [x] + rows[at:]
-    before = train_split(rows, tokenizer, tmp_path, "d")
-    after = train_split(with_x, tokenizer, tmp_path, "dx")
+    before = train_split(rows, tokenizer, tmp_path, "d", users)
+    after = train_split(with_x, tokenizer, tmp_path, "dx", users)
     changed = (before - after) + (after - before)
-    if unit_of(x):  # user-level: only the rows of x's user may change
+    if users and unit_of(x):  # user-level: only the rows of x's user may change
         assert all(user == unit_of(x) for user, _ in changed), (x, changed)
     else:  # a row without a user is its own unit: at most that row appears or disappears
         assert sum(changed.values()) <= 1, (x, changed)
         assert all(user == "" for user, _ in changed)
+
+
+def test_record_level_never_groups_a_users_rows(tokenizer, tmp_path):
+    """Under record-level DP (user_level.enabled false) a row is the unit even when it names a user:
+    a case variant added to a user's rows must not replace the row already there (two changes).
+    Grouping by user (users=True, right under user-level DP only) does replace it: the check has power."""
+    base = [{"id": "b", "user_id": "u", "instruction": "Hello world, how are you"},
+            {"id": "c", "user_id": "v", "instruction": "tell me a joke"}]
+    x = {"id": "a", "user_id": "u", "instruction": "HELLO WORLD, HOW ARE YOU"}
+    for users, most in ((False, 1), (True, 2)):
+        before = kept(base, tokenizer, tmp_path, f"d{users}", users)
+        after = kept(base + [x], tokenizer, tmp_path, f"dx{users}", users)
+        assert sum(((before - after) + (after - before)).values()) == most, users
 
 
 def test_the_old_rules_fail_this_property(tokenizer, tmp_path):
@@ -114,11 +128,11 @@ def clean_rows(rows, tokenizer, tmp_path, name):
     return clean(path, tokenizer, CFG, per_unit=True)[0].instruction
 
 
-def kept(rows: list[dict], tokenizer, tmp_path, name: str) -> Counter:
+def kept(rows: list[dict], tokenizer, tmp_path, name: str, users: bool = True) -> Counter:
     """Every kept row (all splits) as (user, text): what the mechanisms downstream can see."""
     path = tmp_path / f"{name}.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    df, _ = clean(path, tokenizer, CFG, per_unit=True)
+    df, _ = clean(path, tokenizer, CFG, per_unit=True, users=users)
     return Counter(zip(df.user_id.fillna(""), df.instruction))
 
 

@@ -20,8 +20,8 @@ def plan(epochs_per_batch: int = 1, epsilon: float = 4.0) -> acct.DPSGDPlan:
                             prior=[(20.0, 1.0, 1)])
 
 
-def run(tmp_path, monkeypatch, p: acct.DPSGDPlan) -> tuple[DPSGDMechanism, list[int]]:
-    monkeypatch.setenv("DPINSTRUCT_KEY_FILE", str(tmp_path / "key"))
+def run(tmp_path, monkeypatch, p: acct.DPSGDPlan, key=None) -> tuple[DPSGDMechanism, list[int]]:
+    monkeypatch.setenv("DPINSTRUCT_KEY_FILE", str(key or tmp_path / "key"))
     mech = DPSGDMechanism(Scope("s", "d", "all", "one row"), p, privacy={}, run_key=("stage:s",),
                           checkpoint_dir=tmp_path / "ckpt", live_dir=tmp_path / "live", checkpoint_every=100)
     model = torch.nn.Linear(3, 1, bias=False)
@@ -92,3 +92,17 @@ def test_steps_need_the_optimizer_first(tmp_path, monkeypatch):
                           checkpoint_dir=tmp_path / "c", live_dir=tmp_path / "l", checkpoint_every=10)
     with pytest.raises(RuntimeError, match="optimizer"):
         next(iter(mech.steps(desc="x")))
+
+
+def test_the_streams_are_bound_to_the_machine(tmp_path, monkeypatch):
+    """bf16: auto resolves by device, and kernels differ by CPU: one run key on two machines must not
+    replay one sample and one noise for two computations (run_key's module docstring)."""
+    from dpinstruct.io import fingerprint as fp
+    from dpinstruct.training import mechanism as M
+
+    key = tmp_path / "key"
+    _, here = run(tmp_path, monkeypatch, plan(), key)
+    _, again = run(tmp_path / "again", monkeypatch, plan(), key)
+    monkeypatch.setattr(M, "fingerprint", lambda: {**fp.fingerprint(), "cuda": "NVIDIA H100"})
+    _, elsewhere = run(tmp_path / "gpu", monkeypatch, plan(), key)
+    assert here == again and here != elsewhere
