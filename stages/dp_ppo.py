@@ -71,9 +71,8 @@ def plan(params: dict) -> acct.DPSGDPlan:
                             prior=prior, prior_label=f"the DP count and earlier mechanisms on part {cfg['partition']}")
 
 
-def inputs(cfg: dict) -> tuple:
-    """Every file or folder the stage reads (both parts' counts): bound into its DP streams."""
-    return (PROMPTS, GENERATOR_DIR, SFT_ADAPTER, SFT_LEDGER, REWARD_DIR, *map(dp_count.entry_path, COUNTS))
+# Every file or folder the stage reads (both parts' counts): bound into its DP streams.
+INPUTS = (PROMPTS, GENERATOR_DIR, SFT_ADAPTER, SFT_LEDGER, REWARD_DIR, *map(dp_count.entry_path, COUNTS))
 
 
 def dp_ppo(params: dict, out) -> dict:
@@ -84,7 +83,7 @@ def dp_ppo(params: dict, out) -> dict:
     if prompts.empty:
         raise InputError(PROMPTS, f"no prompt in part {cfg['partition']!r} (rl.dp_ppo.partition)", field="partition")
     p = plan(params)  # refuses unsafe settings before any model work
-    key = run_key(STAGE, (cfg, params["rl"].get("privacy"), p.as_dict()), inputs(cfg))
+    key = run_key(STAGE, (cfg, params["rl"].get("privacy"), p.as_dict()), INPUTS)
     # rollout randomness is keyed too: nobody without the key can replay a step's continuations
     rollout_seeds = DPRandom.for_purpose(f"{STAGE}/rollouts", *key, privacy=params["privacy"])
     scope = Scope(STAGE, dataset=DATASET, partition=cfg["partition"], privacy_unit="one prompt (all its rollouts)")

@@ -152,14 +152,14 @@ def _data_deps(stage: dict) -> set[str]:
     return {d for d in stage["deps"] if not d.startswith(("stages/", "dpinstruct/"))}
 
 
-def test_every_dp_stage_binds_its_streams_to_every_input_dvc_yaml_declares(repo_params):
+def test_every_dp_stage_binds_its_streams_to_every_input_dvc_yaml_declares():
     """A DP stream bound to less than the stage reads would replay the same noise under another
     base model, adapter or reward model (issue: noise shared between two runs): the inputs each
     mechanism passes to its run key are exactly its non-code deps in dvc.yaml."""
     from stages import dp_ppo, dp_reward_model, dp_sft, histogram, train_generator
 
     bound = {"train_generator": train_generator.INPUTS, "histogram": histogram.INPUTS, "dp_sft": dp_sft.INPUTS,
-             "dp_reward_model": dp_reward_model.INPUTS, "dp_ppo": dp_ppo.inputs(repo_params["rl"]["dp_ppo"])}
+             "dp_reward_model": dp_reward_model.INPUTS, "dp_ppo": dp_ppo.INPUTS}
     mechanisms = {n for n, s in DVC.items() if s.get("meta", {}).get("dp_mechanism")} - {"dp_count"}
     assert set(bound) == mechanisms
     for name, inputs in bound.items():

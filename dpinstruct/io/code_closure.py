@@ -52,3 +52,11 @@ def run_no_code(path: Path) -> bool:
     """True for a module whose body is only a docstring (a package's description)."""
     body = ast.parse(path.read_text(encoding="utf-8")).body
     return all(isinstance(n, ast.Expr) and isinstance(n.value, ast.Constant) for n in body)
+
+
+def code_files(root: Path | str, start: Path | str) -> set[Path]:
+    """The files ``start`` runs (``imported_files``) less docstring-only package ``__init__.py``s:
+    the one set a stage's dvc.yaml code deps, its layout check and its run key's code digest all
+    use, so that an edit `dvc status` never sees cannot change the noise."""
+    root = Path(root)
+    return {f for f in imported_files(root, start) if not (f.name == "__init__.py" and run_no_code(root / f))}

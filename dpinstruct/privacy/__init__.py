@@ -9,8 +9,8 @@ secret key behind the DP randomness goes into neither (``randomness``). Every gu
 against this attacker.
 
 Neighbouring relation: add or remove ONE unit of the RAW private file (``data.private_path``), a
-unit being one instruction (record-level DP) or, when the file names users, one user with all
-their instructions (user-level). The guarantee is about that file, not about a split: every private
+unit being one instruction (record-level DP) or, with the param ``user_level.enabled: true``, one
+user with all their instructions (user-level; a param, never inferred from whether rows name users). The guarantee is about that file, not about a split: every private
 preprocessing step is 1-stable (for any file D and unit x, the input of each mechanism for D+x
 differs from that for D by x's own rows only), so neighbouring files give neighbouring mechanism
 inputs. Step by step (property-tested in tests/text/test_stability.py and tests/rl/test_stability.py,
@@ -79,10 +79,28 @@ Randomness: every DP random number (sampling, noise, DP-PPO's rollouts) comes fr
 a secret key's keyed streams or the OS's CSPRNG; never from a seed an attacker can read. ONE
 setting (``privacy.key_file`` / ``privacy.secure_mode``) reaches every DP stage of every dataset,
 and ``account`` refuses a ledger that mixes modes. Each stream is bound to its run's whole run key
-(``run_key``: the params, the digest of every input the stage reads, the code), so two runs share
-noise only when they are the same run. The ledger (``ledger``) records each mechanism's event,
+(``run_key``: the params, the digest of every input the stage reads, the code; the DP-SGD stages
+also the machine, ``dpinstruct.io.fingerprint``, since ``bf16: auto`` and the kernels resolve by
+device), so two runs share noise only when they are the same run. The ledger (``ledger``) records each mechanism's event,
 rounded up, for ``account`` to compose.
 
 Hyperparameters: the defaults of the DP stages are chosen on public proxies (``dpinstruct tune``;
 docs/tuning.md), so their selection costs no privacy.
+
+What the guarantee does NOT cover (stated, not hidden):
+
+* Input validation. A run that stops with an error publishes nothing, and whether it stops can
+  depend on the private file: a malformed row, a duplicate id, an IMDb id clash, a split that comes
+  out empty (a file too small for ``prepare``'s shares). The operator sees the error, fixes the
+  file, and the guarantee is about the file of the run that completes; "a release exists" is not
+  itself protected. A well-formed file (unique ids) of a realistic size triggers none of them.
+* The memorisation gate (stage ``memorisation``, off by default): when ``memorisation.max_release_matches`` is
+  an int, it blocks a release by looking at the private split, a data-dependent choice that no ledger
+  entry accounts; a release that passed it carries the DP guarantee of the mechanisms, but the
+  decision to publish does not. Keep it off for a DP claim, or count it as the curator's review.
+* Float stability of batched encoders. The histogram's embeddings and HH-RLHF's reward features
+  are computed in padded batches; another row in a batch can change a row's vector in the last
+  float bits (padding changes the kernels' blocking). Sensitivity is unaffected (each record still
+  casts one vote, each pair one clipped gradient), but a neighbour's rows are not bit-identical
+  elsewhere: the stability claims above are about which rows and texts reach a mechanism.
 """

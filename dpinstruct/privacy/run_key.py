@@ -16,7 +16,7 @@ import hashlib
 from pathlib import Path
 
 from dpinstruct.io.artifacts import file_digest
-from dpinstruct.io.code_closure import imported_files, run_no_code
+from dpinstruct.io.code_closure import code_files
 from dpinstruct.io.errors import MissingInputError
 from dpinstruct.io.params import params_hash
 
@@ -46,9 +46,7 @@ def closure_digest(module: Path) -> str:
     """One digest of ``module`` and every project file it imports (a stage's, or a tool's)."""
     if not module.exists():
         raise MissingInputError(f"the run key needs the module {module}")
-    # the same set as the stage's dvc.yaml code deps (``dpinstruct deps``): a docstring-only package
-    # __init__ runs no code, and digesting it would change the noise on an edit `dvc status` never sees
-    files = sorted(f for f in imported_files(ROOT, module) if not (f.name == "__init__.py" and run_no_code(ROOT / f)))
+    files = sorted(code_files(ROOT, module))  # the same set as the stage's dvc.yaml code deps
     return params_hash(*(f"{f.as_posix()}:{file_digest(ROOT / f)}" for f in files))
 
 

@@ -72,14 +72,14 @@ def clean(path, tokenizer, cfg: dict, *, per_unit: bool, users: bool = True) -> 
     counts["too_short"] = int((df.n_tokens < cfg["min_tokens"]).sum())
     counts["too_long"] = int((df.n_tokens > cfg["max_tokens"]).sum())
     df = df[df.n_tokens.between(cfg["min_tokens"], cfg["max_tokens"])]
+    if per_unit:
+        df = df.assign(unit=unit_keys(df, cfg["dedup_casefold"]))
     reasons = _dedup_per_unit(df, cfg) if per_unit else pd.Series(
         dedup(df.instruction.tolist(), casefold=cfg["dedup_casefold"], ngram_n=cfg["ngram_dedup_n"]),
         index=df.index, dtype=object)
     counts["exact_duplicate"] = int((reasons == "exact").sum())
     counts["ngram_duplicate"] = int((reasons == "ngram").sum())
     df = df[reasons.isna()].reset_index(drop=True)
-    if per_unit:
-        df = df.assign(unit=unit_keys(df, cfg["dedup_casefold"]))
     counts["kept"] = len(df)
     if df.empty:
         raise InputError(path, f"no instruction left after filtering ({counts})")
@@ -91,8 +91,7 @@ def _dedup_per_unit(df: pd.DataFrame, cfg: dict) -> pd.Series:
     (text, then id): neither file order, nor another unit's rows, nor ids a reader made from line
     numbers (which shift when a row is added above) decide which row survives."""
     reasons = pd.Series(None, index=df.index, dtype=object)
-    ordered = df.assign(unit=unit_keys(df, cfg["dedup_casefold"])).sort_values(["unit", "instruction", "id"],
-                                                                              kind="stable")
+    ordered = df.sort_values(["unit", "instruction", "id"], kind="stable")  # df has its ``unit`` column
     shared = ordered[ordered.unit.duplicated(keep=False)]  # units of one row need no dedup (most of them)
     for _, rows in shared.groupby("unit", sort=False):
         reasons[rows.index] = dedup(rows.instruction.tolist(), casefold=cfg["dedup_casefold"],

@@ -7,24 +7,22 @@
 * `dvc repro` re-runs a stage when one of its deps changes, so every project file a stage imports
   (directly or through the library, lazy imports inside functions included) is covered by a dep
   of that stage: the file itself or a folder holding it. A package ``__init__.py`` that holds only
-  a docstring runs no code and is exempt (``run_no_code``).
+  a docstring runs no code and is exempt (``code_closure.code_files``).
 """
 from __future__ import annotations
 
 import ast
 from pathlib import Path
 
-from dpinstruct.io.code_closure import _imports, imported_files, run_no_code
+from dpinstruct.io.code_closure import _imports, code_files
 
 
 def undeclared_code(root: Path | str, module_file: Path | str, deps: set[str]) -> list[str]:
     """The files ``module_file`` runs that no dep (file or folder) covers, as posix paths."""
     root = Path(root)
     missing = []
-    for rel in sorted(imported_files(root, root / module_file)):
+    for rel in sorted(code_files(root, root / module_file)):
         posix = rel.as_posix()
-        if rel.name == "__init__.py" and run_no_code(root / rel):
-            continue
         if not any(posix == d or posix.startswith(d.rstrip("/") + "/") for d in deps):
             missing.append(posix)
     return missing
@@ -78,8 +76,7 @@ def code_deps(root: Path | str, stem: str) -> list[str]:
     (docstring-only ``__init__.py`` files run no code and are left out), sorted."""
     root = Path(root)
     own = f"stages/{stem}.py"
-    files = {rel.as_posix() for rel in imported_files(root, root / own)
-             if not (rel.name == "__init__.py" and run_no_code(root / rel))}
+    files = {rel.as_posix() for rel in code_files(root, root / own)}
     return [own, *sorted(files - {own})]
 
 

@@ -406,6 +406,7 @@ def test_the_attack_replays_the_histogram_stage_run_with_a_weak_key(tmp_path, mo
     from stages import histogram as H
 
     params = {"privacy": {"epsilon": 6.0, "delta": 1e-5, "secure_mode": False}, "histogram": {"sigma": SIGMA},
+              "user_level": {"enabled": False, "max_records_per_user": 8},
               "cluster": {"explained_variance": 0.9, "k": 8, "niter": 20, "nredo": 1, "seed": 0,
                           "max_points_per_centroid": 256}}
     monkeypatch.chdir(tmp_path)

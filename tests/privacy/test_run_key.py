@@ -131,7 +131,7 @@ def test_one_changed_module_in_the_import_closure_changes_the_key(inputs, monkey
     assert rk.code_digest(STAGE) == first[0][-1].removeprefix("code:")  # a faithful copy: the same digest
     assert draws() == first
     # a module the stage does not import: nothing changes
-    assert "stages/generate.py" not in {p.as_posix() for p in rk.imported_files(root, root / "stages" / f"{STAGE}.py")}
+    assert "stages/generate.py" not in {p.as_posix() for p in rk.code_files(root, root / "stages" / f"{STAGE}.py")}
     with open(root / "stages" / "generate.py", "a") as f:
         f.write("\n# edited\n")
     assert draws() == first
