@@ -46,13 +46,7 @@ COUNTS = ("imdb_sft", "imdb_ppo")  # DP counts of the two parts; rl.dp_ppo.parti
 
 
 def settings(cfg: dict) -> ppo.PPOSettings:
-    s = ppo.PPOSettings(rollouts=int(cfg["rollouts"]), new_tokens=int(cfg["new_tokens"]),
-                        temperature=P.as_float(cfg["temperature"]), top_p=P.as_float(cfg["top_p"]),
-                        kl_coef=P.as_float(cfg["kl_coef"]), clip_range=P.as_float(cfg["clip_range"]))
-    if s.rollouts < 2 or s.new_tokens < 1 or not s.temperature > 0 or s.kl_coef < 0 or not s.clip_range > 0:
-        raise ConfigError("rl.dp_ppo", "need rollouts >= 2 (the baseline is their mean), new_tokens >= 1, "
-                                       f"temperature > 0, kl_coef >= 0, clip_range > 0; got {s}")
-    return s
+    return ppo.PPOSettings.from_params(cfg, "rl.dp_ppo")
 
 
 def plan(params: dict) -> acct.DPSGDPlan:

@@ -18,17 +18,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-import torch
-from tqdm import tqdm
 
 from dpinstruct.evaluation.intervals import bootstrap_ratio
 from dpinstruct.io import params as P
 from dpinstruct.io.artifacts import table_metadata
 from dpinstruct.io.runner import run_stage
-from dpinstruct.models.instruction_loss import row_nll
+from dpinstruct.models.instruction_loss import record_nll
 from dpinstruct.models.loading import GENERATOR_DIR, load_generator
 from dpinstruct.models.lora import merged_model
-from dpinstruct.training.dp_adam import build_examples, collate, micro_batches
+from dpinstruct.training.dp_adam import build_examples
 
 log = logging.getLogger("stages.val_nll")
 STAGE = "val_nll"
@@ -37,19 +35,6 @@ ADAPTER_DIR = Path("data/adapters/generator")
 METRICS = "metrics/val_nll.json"
 RECORDS = "data/eval/val_nll.parquet"
 SCHEMA = pa.schema([("dp_nll", pa.float64()), ("base_nll", pa.float64()), ("tokens", pa.int32())])
-TOKEN_BUDGET = 4096  # rows x longest per forward (no gradients: larger than training's)
-
-
-@torch.no_grad()
-def record_nll(model, examples: list[list[int]], prompt_len: int, pad_id: int) -> tuple[np.ndarray, np.ndarray]:
-    """([records] summed target-token NLL, [records] target-token counts), in ``examples`` order."""
-    lengths = np.array([len(e) for e in examples])
-    nll, tokens = np.zeros(len(examples)), np.zeros(len(examples))
-    for batch in tqdm(micro_batches(np.arange(len(examples)), lengths, TOKEN_BUDGET), desc="val NLL", unit="batch"):
-        rows = {k: v.to(model.device) for k, v in collate([examples[i] for i in batch], prompt_len, pad_id).items()}
-        summed, counts = row_nll(model, rows, 0)
-        nll[batch], tokens[batch] = summed.double().cpu().numpy(), counts.cpu().numpy()
-    return nll, tokens
 
 
 def val_nll(params: dict, out) -> dict:
@@ -60,7 +45,7 @@ def val_nll(params: dict, out) -> dict:
                        ("dp", lambda: merged_model(GENERATOR_DIR, ADAPTER_DIR))):
         model, tokenizer = load()
         examples, prompt_len, skipped = build_examples(tokenizer, texts, gen["prompt"], gen["max_seq_len"])
-        nll[name], tokens = record_nll(model.eval(), examples, prompt_len, tokenizer.pad_token_id)
+        nll[name], tokens = record_nll(model.eval(), examples, prompt_len, tokenizer.pad_token_id, "val NLL")
     boot = {"resamples": int(cfg["bootstrap"]), "seed": int(cfg["seed"]), "confidence": float(cfg["confidence"])}
     result = {"records": len(examples), "skipped_too_long": skipped, "tokens": int(tokens.sum()),
               "confidence": boot["confidence"], "bootstrap": boot["resamples"],

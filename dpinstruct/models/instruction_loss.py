@@ -12,11 +12,13 @@ Padding is on the right (``dp_adam.collate``), so the default positions 0..len-1
 """
 from __future__ import annotations
 
+import numpy as np
 import torch
+from tqdm import tqdm
 
 from dpinstruct.models.token_logprob import target_logprobs
 from dpinstruct.models.trunk import output_head, top_hidden, trunk
-from dpinstruct.training.dp_adam import IGNORE
+from dpinstruct.training.dp_adam import IGNORE, collate, micro_batches
 
 
 def row_nll(model, batch: dict[str, torch.Tensor], start: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -31,6 +33,23 @@ def row_nll(model, batch: dict[str, torch.Tensor], start: int) -> tuple[torch.Te
     rows = keep.nonzero()[:, 0]
     summed = torch.zeros(len(ids), dtype=logp.dtype, device=logp.device).index_add(0, rows, -logp)
     return summed, keep.sum(1)
+
+
+SCORING_TOKEN_BUDGET = 4096  # rows x longest per forward (no gradients: larger than training's)
+
+
+@torch.no_grad()
+def record_nll(model, examples: list[list[int]], prompt_len: int, pad_id: int,
+               desc: str = "NLL") -> tuple[np.ndarray, np.ndarray]:
+    """([records] summed target-token NLL, [records] target-token counts), in ``examples`` order:
+    the one held-out measure of val_nll, the tuning tool and bench_generator_utility."""
+    lengths = np.array([len(e) for e in examples])
+    nll, tokens = np.zeros(len(examples)), np.zeros(len(examples))
+    for batch in tqdm(micro_batches(np.arange(len(examples)), lengths, SCORING_TOKEN_BUDGET), desc=desc, unit="batch"):
+        rows = {k: v.to(model.device) for k, v in collate([examples[i] for i in batch], prompt_len, pad_id).items()}
+        summed, counts = row_nll(model, rows, 0)
+        nll[batch], tokens[batch] = summed.double().cpu().numpy(), counts.cpu().numpy()
+    return nll, tokens
 
 
 def instruction_loss(start: int):

@@ -18,7 +18,7 @@ import json
 from pathlib import Path
 
 from dpinstruct.io.errors import MissingInputError
-from dpinstruct.privacy.accounting import Component
+from dpinstruct.privacy.accounting import Component, prv_components
 
 STAGE = "dp_count"
 MECHANISM = "gaussian_count"
@@ -41,6 +41,8 @@ def read(name: str) -> tuple[float, Component, dict]:
         raise MissingInputError(f"{path}: the DP count of {name} is missing (dvc repro {STAGE}@{name})")
     entry = json.loads(path.read_text())
     from dpinstruct.io.params import as_float
+    from dpinstruct.privacy.ledger import event_from_json
 
-    component = (as_float(entry["noise_multiplier"]), as_float(entry["sampling_rate"]), int(entry["steps"]))
+    # from the stored event, the entry's one source (as dp_ppo reads DP-SFT's), never its summary fields
+    (component,) = prv_components(event_from_json(entry["dp_event"]))
     return as_float(entry["noisy_count"]), component, entry

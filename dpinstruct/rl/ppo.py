@@ -36,6 +36,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from dpinstruct.io.errors import ConfigError
+from dpinstruct.io.params import as_float
 from dpinstruct.models.sampler import RowGenerators
 from dpinstruct.models.token_logprob import target_logprobs
 from dpinstruct.models.trunk import TrunkRecorder, decoder, output_head, top_hidden, trunk
@@ -49,6 +51,17 @@ class PPOSettings:
     top_p: float
     kl_coef: float         # beta of the KL penalty to the reference
     clip_range: float      # PPO's epsilon
+
+    @classmethod
+    def from_params(cls, cfg: dict, section: str) -> "PPOSettings":
+        """From a params section (``rl.dp_ppo``, ``rlhf.rlhf_ppo``), refusing values the step cannot use."""
+        s = cls(rollouts=int(cfg["rollouts"]), new_tokens=int(cfg["new_tokens"]),
+                temperature=as_float(cfg["temperature"]), top_p=as_float(cfg["top_p"]),
+                kl_coef=as_float(cfg["kl_coef"]), clip_range=as_float(cfg["clip_range"]))
+        if s.rollouts < 2 or s.new_tokens < 1 or not s.temperature > 0 or s.kl_coef < 0 or not s.clip_range > 0:
+            raise ConfigError(section, "need rollouts >= 2 (the baseline is their mean), new_tokens >= 1, "
+                                       f"temperature > 0, kl_coef >= 0, clip_range > 0; got {s}")
+        return s
 
 
 def causal_lm(model):

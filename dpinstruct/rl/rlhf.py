@@ -27,17 +27,7 @@ from dpinstruct.rl.ppo import PPOSettings, causal_lm
 
 
 def settings(cfg: dict, section: str = "rlhf.rlhf_ppo") -> PPOSettings:
-    """PPO settings from a params section, refusing values the step cannot use."""
-    from dpinstruct.io.errors import ConfigError
-    from dpinstruct.io.params import as_float
-
-    s = PPOSettings(rollouts=int(cfg["rollouts"]), new_tokens=int(cfg["new_tokens"]),
-                    temperature=as_float(cfg["temperature"]), top_p=as_float(cfg["top_p"]),
-                    kl_coef=as_float(cfg["kl_coef"]), clip_range=as_float(cfg["clip_range"]))
-    if s.rollouts < 2 or s.new_tokens < 1 or not s.temperature > 0 or s.kl_coef < 0 or not s.clip_range > 0:
-        raise ConfigError(section, "need rollouts >= 2 (the baseline is their mean), new_tokens >= 1, "
-                                   f"temperature > 0, kl_coef >= 0, clip_range > 0; got {s}")
-    return s
+    return PPOSettings.from_params(cfg, section)
 
 
 def chat_prompts(tokenizer, instructions: list[str], system_prompt: str | None,

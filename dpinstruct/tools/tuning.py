@@ -65,7 +65,6 @@ REWARD_DIR = Path("data/models/sentiment_reward")      # sentiment_reward: publi
 QUANTILES = (0.1, 0.5, 0.9)
 DEFAULT_LRS = (2e-3, 6e-3, 1.2e-2)
 HELDOUT_SHARE = 0.15
-NLL_TOKEN_BUDGET = 4096  # tokens per scoring micro-batch (as bench_generator_utility)
 
 
 # --- inputs -----------------------------------------------------------------------------------
@@ -110,17 +109,10 @@ def quantiles(values: np.ndarray) -> dict[str, float]:
 # --- ppo-clip -----------------------------------------------------------------------------------
 
 def ppo_settings(cfg: dict):
-    """The dp_ppo stage's PPOSettings from ``rl.dp_ppo`` (the same fields and checks as the stage's
-    ``settings``; a test keeps the two equal: the library cannot import a stage)."""
+    """The dp_ppo stage's settings (``rl.dp_ppo``), by the one rule the stage uses."""
     from dpinstruct.rl import ppo
 
-    s = ppo.PPOSettings(rollouts=int(cfg["rollouts"]), new_tokens=int(cfg["new_tokens"]),
-                        temperature=P.as_float(cfg["temperature"]), top_p=P.as_float(cfg["top_p"]),
-                        kl_coef=P.as_float(cfg["kl_coef"]), clip_range=P.as_float(cfg["clip_range"]))
-    if s.rollouts < 2 or s.new_tokens < 1 or not s.temperature > 0 or s.kl_coef < 0 or not s.clip_range > 0:
-        raise ConfigError("rl.dp_ppo", f"need rollouts >= 2, new_tokens >= 1, temperature > 0, kl_coef >= 0, "
-                                       f"clip_range > 0; got {s}")
-    return s
+    return ppo.PPOSettings.from_params(cfg, "rl.dp_ppo")
 
 
 def tuning_prompts(params: dict, n: int, seed: int) -> pd.DataFrame:
@@ -214,20 +206,14 @@ def split_public(rows: pd.DataFrame, seed: int,
 def heldout_nll(model, tokenizer, texts: list[str], cfg: dict) -> tuple[float, int]:
     """(per-token NLL, scored rows) of ``texts`` as training records (prompt + instruction + EOS, rows
     longer than max_seq_len skipped): the measure of val_nll and bench_generator_utility."""
-    from dpinstruct.models.instruction_loss import row_nll
-    from dpinstruct.training.dp_adam import build_examples, collate, micro_batches
+    from dpinstruct.models.instruction_loss import record_nll
+    from dpinstruct.training.dp_adam import build_examples
 
     examples, prompt_len, _ = build_examples(tokenizer, texts, cfg["prompt"], int(cfg["max_seq_len"]))
     if not examples:
         raise InputError(PUBLIC_ROWS, f"no held-out row fits train_generator.max_seq_len={cfg['max_seq_len']}")
-    lengths, nll, tokens = np.array([len(e) for e in examples]), 0.0, 0
-    model.eval()
-    with torch.no_grad():
-        for batch in micro_batches(np.arange(len(examples)), lengths, NLL_TOKEN_BUDGET):
-            rows = collate([examples[i] for i in batch], prompt_len, tokenizer.pad_token_id)
-            summed, counts = row_nll(model, rows, 0)
-            nll, tokens = nll + summed.sum().item(), tokens + counts.sum().item()
-    return nll / tokens, len(examples)
+    nll, tokens = record_nll(model.eval(), examples, prompt_len, tokenizer.pad_token_id, "held-out NLL")
+    return float(nll.sum() / tokens.sum()), len(examples)
 
 
 def pool_yield(model, tokenizer, params: dict, samples: int) -> float:

@@ -15,18 +15,17 @@ import json
 import tempfile
 import time
 
-import numpy as np
 import pandas as pd
 import torch
 
 from dpinstruct.io import params as P
-from dpinstruct.models.instruction_loss import row_nll
+from dpinstruct.models.instruction_loss import record_nll
 from dpinstruct.privacy import dp_count
 from dpinstruct.text.filters import dedup
 from dpinstruct.text.generation_parsing import parse
 from dpinstruct.models import sampler
 from dpinstruct.training import dp_generator
-from dpinstruct.training.dp_adam import build_examples, collate, micro_batches
+from dpinstruct.training.dp_adam import build_examples
 
 
 def apply(params: dict, overrides: dict) -> dict:
@@ -57,11 +56,7 @@ def main() -> None:
     model, tok = fitted.model.eval(), fitted.tokenizer
     val = pd.read_parquet("data/prepared/val.parquet").instruction.tolist()
     examples, prompt_len, _ = build_examples(tok, val, cfg["prompt"], cfg["max_seq_len"])
-    lengths, nll, tokens = np.array([len(e) for e in examples]), 0.0, 0
-    with torch.no_grad():
-        for batch in micro_batches(np.arange(len(examples)), lengths, 4096):
-            summed, counts = row_nll(model, collate([examples[i] for i in batch], prompt_len, tok.pad_token_id), 0)
-            nll, tokens = nll + summed.sum().item(), tokens + counts.sum().item()
+    nll, tokens = (x.sum() for x in record_nll(model, examples, prompt_len, tok.pad_token_id, "val NLL"))
     merged = model.merge_and_unload().eval()
     prompt_ids = tok(cfg["prompt"], add_special_tokens=False)["input_ids"]
     samples = sampler.sample(merged, prompt_ids, args.samples, eos_id=tok.eos_token_id,
