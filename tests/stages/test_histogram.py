@@ -20,6 +20,7 @@ from dpinstruct.io.errors import PrivacyConfigError
 from dpinstruct.privacy import histogram as mechanism
 from stages import cluster, histogram
 from tests.conftest import run_dp_count
+from tests.spies import record_reads, unbound_reads
 
 REPO = Path(__file__).resolve().parents[2]
 PARAMS = {"privacy": {"epsilon": 6.0, "delta": 1e-5, "secure_mode": False}, "histogram": {"sigma": 10.0},
@@ -86,6 +87,15 @@ def run_histogram(params, users=None):
     run_dp_count("instructions", params)
     with Outputs() as out:
         return histogram.histogram(params, out)
+
+
+def test_every_file_the_stage_reads_is_bound_into_its_noise(fitted):
+    run_histogram(PARAMS)  # its inputs and their DP count; then the stage alone, recorded
+    with record_reads() as seen, Outputs() as out:
+        histogram.histogram(PARAMS, out)
+    read = {str(Path(p).relative_to(fitted)) for p in seen["read"] if p.startswith(str(fitted))}
+    assert {"data/embeddings/train.parquet", "data/clusters/buckets.parquet"} <= read
+    assert not unbound_reads(seen, fitted)
 
 
 def test_stage_releases_only_the_noisy_histogram_and_its_ledger_entry(fitted):

@@ -21,10 +21,10 @@ from dpinstruct.io.artifacts import Outputs
 from dpinstruct.io.errors import PrivacyConfigError
 from dpinstruct.privacy import accounting as acct
 from dpinstruct.privacy import dp_count, ledger
-from dpinstruct.privacy.randomness import DPRandom
 from dpinstruct.training import dp_adam, mechanism
 from stages import account, dp_ppo, dp_sft, evaluate_rl, imdb_prepare, imdb_public, sentiment_reward
 from tests.conftest import run_dp_count
+from tests.spies import record_reads, record_streams, unbound_reads
 
 REPO = Path(__file__).resolve().parents[2]
 COUNTS = ("imdb_sft", "imdb_ppo")  # the DP counts of the two parts (stage dp_count@<name>)
@@ -252,19 +252,6 @@ def test_a_parts_size_reaches_the_ledger_only_through_its_dp_count(tiny):
         assert all(batch_over_q != size[name] for size in sizes)  # N~, never N
 
 
-def record_streams(mp: pytest.MonkeyPatch) -> dict[str, list]:
-    """Every DP stream a stage asks for, by purpose (dp_sft/poisson, dp_ppo/rollouts, ...)."""
-    seen, real = {}, DPRandom.for_purpose.__func__
-
-    def for_purpose(cls, purpose, *binding, privacy):
-        stream = real(cls, purpose, *binding, privacy=privacy)
-        seen.setdefault(purpose, []).append(stream)
-        return stream
-
-    mp.setattr(DPRandom, "for_purpose", classmethod(for_purpose))
-    return seen
-
-
 def rl_dp_run(project) -> dict:
     """One run of every imdb DP stage (the two counts, DP-SFT, DP-PPO) from scratch (no checkpoint
     to resume), recording what each drew: the counts, the DP streams it asked for, DP-PPO's Poisson
@@ -282,9 +269,15 @@ def rl_dp_run(project) -> dict:
         mp.setattr(mechanism, "poisson_sample", lambda rng, n, q: samples.append(real_sample(rng, n, q)) or samples[-1])
         mp.setattr(dp_ppo.ppo, "rollout_seeds", rollout_seeds)
         counts = count_parts(project)
-        run(dp_sft.dp_sft, project)
-        run(dp_ppo.dp_ppo, project)
+        with record_reads() as sft_reads:
+            run(dp_sft.dp_sft, project)
+        with record_reads() as ppo_reads:
+            run(dp_ppo.dp_ppo, project)
+    own = ("data/checkpoints", "dvclive", "keys")  # what a stage reads back of its own, and the key
     return {"counts": {k: v["noisy_count"] for k, v in counts.items()}, "streams": streams,
+            # files each stage opened that its run key does not bind (from what it read, not its INPUTS)
+            "unbound": {"dp_sft": unbound_reads(sft_reads, Path.cwd(), own=own),
+                        "dp_ppo": unbound_reads(ppo_reads, Path.cwd(), own=own)},
             "samples": [s.tolist() for s in samples], "probes": probes,
             "adapters": {s: digest(m.ADAPTER_DIR) for s, m in (("dp_sft", dp_sft), ("dp_ppo", dp_ppo))},
             "entries": {s: json.loads(Path(ledger.entry_path(s)).read_text())
@@ -327,6 +320,7 @@ def test_privacy_secure_mode_reaches_every_rl_dp_stage_and_rl_privacy_does_not_d
     a, b = keyed
     assert set(a["streams"]) == purposes and all(s.replayable for streams in a["streams"].values() for s in streams)
     assert all(e["secure_mode"] is False for e in a["entries"].values())
+    assert a["unbound"] == {"dp_sft": [], "dp_ppo": []}
     # the same key, params and data replay every draw bit for bit
     assert a["counts"] == b["counts"] and a["samples"] == b["samples"] and a["probes"] == b["probes"]
     assert a["adapters"] == b["adapters"] and a["entries"] == b["entries"]

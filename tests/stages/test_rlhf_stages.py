@@ -23,10 +23,10 @@ from dpinstruct.io.artifacts import Outputs, table_metadata, write_parquet
 from dpinstruct.io.errors import ConfigError, InputError, PrivacyConfigError
 from dpinstruct.privacy import accounting as acct
 from dpinstruct.privacy import dp_count, ledger
-from dpinstruct.privacy.randomness import DPRandom
 from dpinstruct.rl import bradley_terry as bt
 from stages import account, dp_reward_model, evaluate_rlhf, hh_prepare, preference_features, reward_models, rlhf_ppo
 from tests.conftest import run_dp_count
+from tests.spies import record_reads, record_streams, unbound_reads
 
 REPO = Path(__file__).resolve().parents[2]
 COUNT = "hh_rlhf"  # the DP count of the reward part (stage dp_count@hh_rlhf)
@@ -236,19 +236,17 @@ def reward_model_run(project) -> dict:
     """The reward part's DP count and the DP reward model from scratch (no checkpoint to resume),
     recording the DP streams they ask for, the model's Poisson samples, its weights and the entries."""
     shutil.rmtree(dp_reward_model.CHECKPOINT_DIR, ignore_errors=True)
-    streams, samples, real_for_purpose, real_sample = {}, [], DPRandom.for_purpose.__func__, bt.poisson_sample
-
-    def for_purpose(cls, purpose, *binding, privacy):
-        streams.setdefault(purpose, []).append(real_for_purpose(cls, purpose, *binding, privacy=privacy))
-        return streams[purpose][-1]
-
+    samples, real_sample = [], bt.poisson_sample
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(DPRandom, "for_purpose", classmethod(for_purpose))
+        streams = record_streams(mp)
         mp.setattr(bt, "poisson_sample", lambda rng, n, q: samples.append(real_sample(rng, n, q)) or samples[-1])
         count = run_dp_count(COUNT, project)
-        entry = run(dp_reward_model.dp_reward_model, project)
+        with record_reads() as reads:
+            entry = run(dp_reward_model.dp_reward_model, project)
     weight = json.loads((dp_reward_model.MODEL_DIR / "reward_model.json").read_text())["weight"]
     return {"count": count, "entry": entry, "streams": streams, "samples": [s.tolist() for s in samples],
+            # files the stage opened that its run key does not bind (from what it read, not its INPUTS)
+            "unbound": unbound_reads(reads, Path.cwd(), own=("data/checkpoints", "dvclive", "keys")),
             "weight": weight}
 
 
@@ -282,6 +280,7 @@ def test_privacy_secure_mode_reaches_the_dp_reward_model_and_rlhf_privacy_does_n
     a, b = keyed
     assert set(a["streams"]) == purposes and all(s.replayable for streams in a["streams"].values() for s in streams)
     assert a["entry"]["secure_mode"] is False and a["count"]["secure_mode"] is False
+    assert a["unbound"] == []
     # the same key, params and data replay every draw bit for bit
     assert a["count"] == b["count"] and a["samples"] == b["samples"] and a["weight"] == b["weight"]
     assert a["entry"] == b["entry"]

@@ -17,6 +17,7 @@ from dpinstruct.training import dp_adam, dp_generator, mechanism
 from stages import prepare
 from stages import train_generator as stage
 from tests.conftest import _project
+from tests.spies import record_reads, unbound_reads
 
 COUNT_SIGMA = 4.0  # dp_count.sigma here: N~ stays near the ~25 train rows, so the divisor q x N~ is a real batch
 COUNT = Path("metrics/privacy/dp_count@instructions.json")
@@ -151,6 +152,18 @@ def test_checkpoint_of_another_plan_is_not_resumed(project, monkeypatch):
     steps_taken = count_steps(monkeypatch, real_step)
     entry = run(project)
     assert len(steps_taken) == entry["steps"] == 3
+
+
+def test_every_file_the_stage_reads_is_bound_into_its_noise(project):
+    # Recorded from what the run opens (not from the stage's INPUTS constant): a read the run key
+    # leaves out would let two runs differing there share one sample and one noise.
+    tiny(project)
+    project.dp_count("instructions")
+    with record_reads() as seen:
+        run(project)
+    assert seen["bound"] and not unbound_reads(seen, project.root, own=("data/checkpoints", "dvclive"))
+    assert {"data/prepared/train.parquet", "data/models/generator/config.json"} <= \
+        {str(Path(p).relative_to(project.root)) for p in seen["read"] if p.startswith(str(project.root))}
 
 
 def test_non_private_mode_uses_the_same_path_and_says_so(project):
