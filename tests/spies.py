@@ -85,7 +85,9 @@ def unbound_reads(recorder: dict[str, set], root, *, own: tuple[str, ...] = ()) 
     root = os.path.abspath(root)
     covers = [*recorder["bound"], *(os.path.join(root, o) for o in own)]
     key = os.environ.get("DPINSTRUCT_KEY_FILE")
+    # a folder opened as such is being listed or removed (shutil.rmtree opens each one), not read:
+    # what the stage learns from a folder comes from the files in it, which are recorded themselves
     return sorted(os.path.relpath(p, root) for p in recorder["read"]
-                  if p.startswith(root + os.sep) and p not in recorder["written"]
+                  if p.startswith(root + os.sep) and p not in recorder["written"] and not os.path.isdir(p)
                   and p != (os.path.abspath(key) if key else None)
                   and not any(p == c or p.startswith(c.rstrip(os.sep) + os.sep) for c in covers))
