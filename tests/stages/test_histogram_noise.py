@@ -21,8 +21,8 @@ from tests.stages.test_histogram import PARAMS, exact, fitted, run_histogram, ve
 def replayed(params: dict) -> np.ndarray:
     """exact counts + the noise of the stream the stage must draw from, clipped at 0."""
     privacy = params["privacy"]
-    stream = DPRandom.for_purpose("histogram/noise", *run_key("histogram", (params["histogram"], privacy),
-                                                              histogram.INPUTS), privacy=privacy)
+    stream = DPRandom.for_purpose("histogram/noise", *run_key("histogram", (params["histogram"], privacy,
+                                                                           params["user_level"]), histogram.INPUTS), privacy=privacy)
     return mechanism.release(exact(vectors(300, 1)), float(params["histogram"]["sigma"]), stream)
 
 
