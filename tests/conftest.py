@@ -15,6 +15,12 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 # A throw-away secret key for DP randomness, made on first use: tests never touch the user's key
 # (~/.config/dpinstruct/secret.key) and CI, a clean clone, has none.
 os.environ["DPINSTRUCT_KEY_FILE"] = os.path.join(tempfile.mkdtemp(prefix="dpinstruct-test-key-"), "secret.key")
+# Under pytest-xdist each worker is one process per core: one torch thread each, or two workers'
+# thread pools fight over the same cores (measured slower than one worker).
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    import torch
+
+    torch.set_num_threads(1)
 
 
 SHIPPED_PRIVATE = REPO / "data/raw/chatbot_arena/instructions.jsonl"

@@ -11,8 +11,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 COMMANDS = (
-    "./bootstrap.sh && source .venv/bin/activate && dvc repro      # set up everything, run the pipeline on the shipped data\n"
-    "./bootstrap.sh && .venv/bin/python -m pytest                  # set up everything, run the tests\n"
+    "./bootstrap.sh && source .venv/bin/activate && dvc repro               # set up everything, run the pipeline on the shipped data\n"
+    "./bootstrap.sh && .venv/bin/python -m pytest -n auto --dist loadfile   # set up everything, run the tests\n"
 )
 MAX_README_LINES = 200
 
@@ -46,3 +46,9 @@ def test_the_readme_is_short_and_starts_with_the_two_commands():
     assert not re.search(r"^#", before, re.MULTILINE), "nothing but the title and an intro before the two commands"
     prose = [line for line in before.splitlines() if line.strip()]
     assert len(prose) <= 12, f"the intro before the two commands has {len(prose)} lines; keep it to a paragraph"
+
+
+def test_ci_runs_exactly_the_readmes_test_command():
+    test_command = COMMANDS.splitlines()[1].split("#")[0].strip()
+    ci = [line.strip() for line in (REPO / ".ci/run").read_text().splitlines() if line.strip() and not line.startswith(("#", "set ", "cd "))]
+    assert ci == [test_command], f".ci/run must run the README's test command {test_command!r}, runs {ci}"
