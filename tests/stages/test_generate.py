@@ -1,5 +1,8 @@
-"""The generate stage end to end, with a really (DP-)trained adapter, in a project holding NO
-private data: determinism, resume after a kill, the adapter being applied, the pool's contract."""
+"""The generate stage's mechanics, with an adapter the real train_generator DP-trains, in a project
+holding NO private data: determinism, resume after a kill, the adapter being applied, the pool's
+contract, val_nll against Hugging Face's own loss. On the tiny random generator of the real
+architecture and tokenizer (conftest): none of these is about language; the real model's pool is
+tested end to end in tests/stages/test_algorithm2_pipeline.py."""
 from __future__ import annotations
 
 import hashlib
@@ -25,9 +28,9 @@ SMALL = {"n": 20, "batch_size": 8, "max_new_tokens": 16, "drop_truncated": False
 
 
 @pytest.fixture(scope="module")
-def trained_adapter(tmp_path_factory, generator_dir, repo_params) -> Path:
+def trained_adapter(tmp_path_factory, tiny_generator_dir, repo_params) -> Path:
     """A DP adapter trained for 3 steps on 25 shipped private rows (the real train_generator)."""
-    return train_adapter(tmp_path_factory, generator_dir, repo_params)
+    return train_adapter(tmp_path_factory, tiny_generator_dir, repo_params)
 
 
 def train_adapter(tmp_path_factory, generator_dir, repo_params) -> Path:
@@ -54,10 +57,10 @@ def train_adapter(tmp_path_factory, generator_dir, repo_params) -> Path:
 
 
 @pytest.fixture
-def release(tmp_path, monkeypatch, generator_dir, trained_adapter, repo_params):
+def release(tmp_path, monkeypatch, tiny_generator_dir, trained_adapter, repo_params):
     """A project with the base model, the adapter and params only: no data/raw, no data/prepared."""
     (tmp_path / "data/models").mkdir(parents=True)
-    (tmp_path / "data/models/generator").symlink_to(generator_dir)
+    (tmp_path / "data/models/generator").symlink_to(tiny_generator_dir)
     shutil.copytree(trained_adapter, tmp_path / stage.ADAPTER_DIR)
     monkeypatch.chdir(tmp_path)
     params = yaml.safe_load(yaml.safe_dump(repo_params))
@@ -135,7 +138,7 @@ def first_chunk(directory: Path) -> list:
         "tokens").to_pylist()
 
 
-def test_the_trained_adapter_changes_the_samples_and_generate_base_is_the_bare_generator(release, generator_dir):
+def test_the_trained_adapter_changes_the_samples_and_generate_base_is_the_bare_generator(release, tiny_generator_dir):
     run(release)
     with_adapter = first_chunk(stage.CHUNK_DIR)
     release["generate_base"] = {"n": 12}
@@ -144,7 +147,7 @@ def test_the_trained_adapter_changes_the_samples_and_generate_base_is_the_bare_g
     # Same seed and sampler on the bare base model: what generate_base sampled, and the adapter differs.
     from dpinstruct.models.loading import load_generator
 
-    base, tokenizer = load_generator(generator_dir)
+    base, tokenizer = load_generator(tiny_generator_dir)
     prompt = tokenizer(release["train_generator"]["prompt"], add_special_tokens=False)["input_ids"]
     bare = sampler.sample(base, prompt, 8, eos_id=tokenizer.eos_token_id, max_new_tokens=16, top_p=0.95,
                            temperature=1.0, generator=torch.Generator().manual_seed(stage.chunk_seed(0, 0)))
@@ -161,7 +164,7 @@ def test_the_trained_adapter_changes_the_samples_and_generate_base_is_the_bare_g
     assert with_adapter == again
 
 
-def test_val_nll_is_the_mean_token_loss_of_hugging_face_on_val(release, trained_adapter, generator_dir):
+def test_val_nll_is_the_mean_token_loss_of_hugging_face_on_val(release, trained_adapter, tiny_generator_dir):
     """Independent computation: transformers' own loss (labels, its shift) per record, with and
     without the (unmerged) adapter, against the stage's fused loss on the merged model."""
     from peft import PeftModel
@@ -174,10 +177,10 @@ def test_val_nll_is_the_mean_token_loss_of_hugging_face_on_val(release, trained_
     with Outputs() as out:
         result = val_nll.val_nll(release, out)
     texts = pq.read_table("data/prepared/val.parquet").column("instruction").to_pylist()
-    base, tokenizer = load_generator(generator_dir)
+    base, tokenizer = load_generator(tiny_generator_dir)
     prompt = tokenizer(release["train_generator"]["prompt"], add_special_tokens=False)["input_ids"]
     expected = {}
-    for name, model in (("base", base), ("dp", PeftModel.from_pretrained(load_generator(generator_dir)[0],
+    for name, model in (("base", base), ("dp", PeftModel.from_pretrained(load_generator(tiny_generator_dir)[0],
                                                                           str(stage.ADAPTER_DIR)).eval())):
         total = tokens = 0
         for text in texts:
@@ -217,7 +220,7 @@ def test_chunks_of_other_sampling_code_are_not_resumed(release, monkeypatch):
     assert len(calls) == 3
 
 
-def test_the_pool_follows_the_key_through_the_adapter(release, trained_adapter, tmp_path_factory, generator_dir,
+def test_the_pool_follows_the_key_through_the_adapter(release, trained_adapter, tmp_path_factory, tiny_generator_dir,
                                                       repo_params, monkeypatch):
     run(release)
     first = pool_digest()
@@ -225,9 +228,27 @@ def test_the_pool_follows_the_key_through_the_adapter(release, trained_adapter, 
     for key, same in (("DPINSTRUCT_KEY_FILE", True), ("other", False)):
         if key == "other":
             monkeypatch.setenv("DPINSTRUCT_KEY_FILE", str(tmp_path_factory.mktemp("key") / "other.key"))
-        again = train_adapter(tmp_path_factory, generator_dir, repo_params)
+        again = train_adapter(tmp_path_factory, tiny_generator_dir, repo_params)
         shutil.rmtree(stage.ADAPTER_DIR)
         shutil.copytree(again, stage.ADAPTER_DIR)
         shutil.rmtree(stage.CHUNK_DIR, ignore_errors=True)
         run(release)
         assert (pool_digest() == first) == same
+
+
+def test_the_real_generator_samples_a_pool_end_to_end(tmp_path_factory, tmp_path, monkeypatch, generator_dir,
+                                                      repo_params):
+    """The one run on the real model: its DP-trained adapter, merged, samples instructions (words,
+    not noise) that pass the pool's filters."""
+    adapter = train_adapter(tmp_path_factory, generator_dir, repo_params)
+    (tmp_path / "data/models").mkdir(parents=True)
+    (tmp_path / "data/models/generator").symlink_to(generator_dir)
+    shutil.copytree(adapter, tmp_path / stage.ADAPTER_DIR)
+    monkeypatch.chdir(tmp_path)
+    params = yaml.safe_load(yaml.safe_dump(repo_params))
+    params["generate"].update(SMALL)
+    counts = run(params)
+    pool = pq.read_table(stage.POOL).to_pandas()
+    assert counts["sampled"] == 20 and len(pool) == counts["kept"] > 0
+    words = pool.instruction.str.split().map(len)
+    assert (words >= 1).all() and pool.instruction.str.contains(r"[A-Za-z]{3}").mean() > 0.5
