@@ -19,13 +19,15 @@ import pandas as pd
 import torch
 
 from dpinstruct.io import params as P
+from dpinstruct.models import sampler
 from dpinstruct.models.instruction_loss import record_nll
 from dpinstruct.privacy import dp_count
+from dpinstruct.privacy.run_key import run_key
 from dpinstruct.text.filters import dedup
 from dpinstruct.text.generation_parsing import parse
-from dpinstruct.models import sampler
 from dpinstruct.training import dp_generator
 from dpinstruct.training.dp_adam import build_examples
+from stages import train_generator
 
 
 def apply(params: dict, overrides: dict) -> dict:
@@ -49,8 +51,12 @@ def main() -> None:
     texts = pd.read_parquet("data/prepared/train.parquet").instruction.tolist()
     scratch, start = tempfile.mkdtemp(), time.perf_counter()
     noisy_count, count_component, _ = dp_count.read("instructions")  # the pipeline's DP count, as train_generator
+    # train_generator's whole run key (params with the overrides, split, weights, count, code) plus this
+    # benchmark's tag: its noise is never a release's noise, nor another setting's
+    sections = (params["train_generator"], params.get("privacy"), params.get("histogram"), params.get("user_level"))
+    key = (*run_key(dp_generator.STAGE, sections, train_generator.INPUTS), "bench:generator_utility")
     fitted = dp_generator.fit(params, texts, units=None, noisy_count=noisy_count, count_component=count_component,
-                              run_key=("bench", args.overrides), checkpoint_dir=f"{scratch}/ck",
+                              run_key=key, checkpoint_dir=f"{scratch}/ck",
                               live_dir=f"{scratch}/live")
     train_s = time.perf_counter() - start
     model, tok = fitted.model.eval(), fitted.tokenizer
