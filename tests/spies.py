@@ -39,8 +39,14 @@ def _audit(event: str, args: tuple) -> None:
     path, mode, flags = args
     writes = (any(c in mode for c in "wax+") if isinstance(mode, str)
               else bool(flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT)))
+    path = os.path.abspath(os.fsdecode(path))
+    # A read is of an existing file. A folder opened as such is being listed or removed (shutil.rmtree
+    # opens each one, by a name relative to its parent's descriptor, which the event does not carry),
+    # not read: what a stage learns from a folder comes from its files, recorded themselves.
+    if not writes and not os.path.isfile(path):
+        return
     for recorder in _RECORDERS:
-        recorder["written" if writes else "read"].add(os.path.abspath(os.fsdecode(path)))
+        recorder["written" if writes else "read"].add(path)
 
 
 sys.addaudithook(_audit)
@@ -85,9 +91,8 @@ def unbound_reads(recorder: dict[str, set], root, *, own: tuple[str, ...] = ()) 
     root = os.path.abspath(root)
     covers = [*recorder["bound"], *(os.path.join(root, o) for o in own)]
     key = os.environ.get("DPINSTRUCT_KEY_FILE")
-    # a folder opened as such is being listed or removed (shutil.rmtree opens each one), not read:
-    # what the stage learns from a folder comes from the files in it, which are recorded themselves
+    # (a folder from pyarrow's readers stays: pyarrow reads its files in C++, unseen by the hook)
     return sorted(os.path.relpath(p, root) for p in recorder["read"]
-                  if p.startswith(root + os.sep) and p not in recorder["written"] and not os.path.isdir(p)
+                  if p.startswith(root + os.sep) and p not in recorder["written"]
                   and p != (os.path.abspath(key) if key else None)
                   and not any(p == c or p.startswith(c.rstrip(os.sep) + os.sep) for c in covers))

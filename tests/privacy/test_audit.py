@@ -11,6 +11,7 @@ import pytest
 from scipy import stats
 
 from dpinstruct.privacy import audit as A
+from tests.spies import record_reads, unbound_reads
 
 
 def test_p_value_without_delta_is_the_binomial_tail_of_randomised_response():
@@ -112,7 +113,14 @@ def test_audit_command_end_to_end_on_a_tiny_slice(project, monkeypatch):
     with Outputs() as out:
         prepare.prepare(project.params, out)
     project.dp_count("instructions")  # the audit plans exactly as train_generator: with the run's DP count
-    assert main(["audit", "--out", "metrics/audit.json"]) == 0
+    with record_reads() as seen:
+        assert main(["audit", "--out", "metrics/audit.json"]) == 0
+    # its streams bind everything train_generator's do, and it reads nothing else (params.yaml is bound
+    # as the params sections it holds)
+    from stages import train_generator
+
+    assert {str(project.root / p) for p in train_generator.INPUTS} <= seen["bound"]
+    assert not unbound_reads(seen, project.root, own=("params.yaml",))
     report = json.loads((project.root / "metrics/audit.json").read_text())
     for r in (report, report["inf"]):
         assert r["canaries"] == 24 and 0 < r["canaries_included"] < 24 and r["confidence"] == 0.9

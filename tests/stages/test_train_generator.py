@@ -154,6 +154,29 @@ def test_checkpoint_of_another_plan_is_not_resumed(project, monkeypatch):
     assert len(steps_taken) == entry["steps"] == 3
 
 
+def test_a_file_naming_users_stays_record_level_unless_user_level_is_enabled(tiny_project):
+    # The unit is a param, never read off the data: a file whose every row names a user, run with
+    # user_level.enabled false, is record-level from prepare to the ledger (user_id dropped as read).
+    project = tiny_project
+    path = project.use_private_rows(40)
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    path.write_text("".join(json.dumps({**r, "user_id": f"user{i % 6}"}) + "\n" for i, r in enumerate(rows)))
+    project.params["user_level"]["enabled"] = False
+    project.params["privacy"].update(epsilon=6.0, delta=1e-3)
+    project.params["dp_count"]["sigma"] = COUNT_SIGMA
+    project.params["train_generator"].update(sampling_rate=1 / 3, epochs=1.0, micro_batch_tokens=256)
+    project.save()
+    with Outputs() as out:
+        prepare.prepare(project.params, out)
+    train = pd.read_parquet(project.root / stage.TRAIN)
+    assert len(train) > 6 and train.user_id.isna().all()
+    count = project.dp_count("instructions")
+    assert count["neighbouring"] == "add_or_remove_one" and abs(count["noisy_count"] - len(train)) < 6 * COUNT_SIGMA
+    entry = run(project)
+    assert entry["neighbouring"] == "add_or_remove_one" and "max_records_per_user" not in entry
+    assert entry["privacy_unit"] == "one instruction"
+
+
 def test_every_file_the_stage_reads_is_bound_into_its_noise(project):
     # Recorded from what the run opens (not from the stage's INPUTS constant): a read the run key
     # leaves out would let two runs differing there share one sample and one noise.
