@@ -5,6 +5,7 @@ import os
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
@@ -54,17 +55,23 @@ sys.addaudithook(_audit)
 
 @contextmanager
 def record_reads() -> Iterator[dict[str, set]]:
-    """{"read": paths opened for reading, "written": paths opened for writing, "bound": the inputs the
-    stage's run key digested} while the block runs; absolute, symlinks NOT resolved (a project's model
-    folder may link outside it)."""
+    """{"read": paths opened for reading, "written": paths opened for writing, "bound": the inputs whose
+    digest (``run_key``'s ``input:<path>:<digest>``) reached the binding of a DP stream} while the
+    block runs; absolute, symlinks NOT resolved (a project's model folder may link outside it). An
+    input digested into a key the stage then does not hand to its streams is not bound."""
     from dpinstruct.privacy import run_key
 
     recorder = {"read": set(), "written": set(), "bound": set()}
-    real_digest = run_key.tree_digest
+    real_digest, real_for_purpose = run_key.tree_digest, DPRandom.for_purpose.__func__
+    digested, bindings = [], []
 
     def tree_digest(path):
-        recorder["bound"].add(os.path.abspath(path))
+        digested.append(path)
         return real_digest(path)
+
+    def for_purpose(cls, purpose, *binding, privacy):
+        bindings.append([str(b) for b in binding])
+        return real_for_purpose(cls, purpose, *binding, privacy=privacy)
 
     def wrap(real):
         def reader(source, *args, **kwargs):
@@ -75,6 +82,7 @@ def record_reads() -> Iterator[dict[str, set]]:
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(run_key, "tree_digest", tree_digest)
+        mp.setattr(DPRandom, "for_purpose", classmethod(for_purpose))
         for name in ("read_table", "read_schema", "read_metadata"):
             mp.setattr(pq, name, wrap(getattr(pq, name)))
         _RECORDERS.append(recorder)
@@ -82,6 +90,8 @@ def record_reads() -> Iterator[dict[str, set]]:
             yield recorder
         finally:
             _RECORDERS.remove(recorder)
+            recorder["bound"].update(os.path.abspath(p) for p in digested
+                                     if any(b.startswith(f"input:{Path(p).as_posix()}:") for bs in bindings for b in bs))
 
 
 def unbound_reads(recorder: dict[str, set], root, *, own: tuple[str, ...] = ()) -> list[str]:
