@@ -56,16 +56,20 @@ def train_adapter(tmp_path_factory, generator_dir, repo_params) -> Path:
     return root / train_generator.ADAPTER_DIR
 
 
-@pytest.fixture
-def release(tmp_path, monkeypatch, tiny_generator_dir, trained_adapter, repo_params):
+def release_project(root: Path, monkeypatch, generator_dir: Path, adapter: Path, repo_params) -> dict:
     """A project with the base model, the adapter and params only: no data/raw, no data/prepared."""
-    (tmp_path / "data/models").mkdir(parents=True)
-    (tmp_path / "data/models/generator").symlink_to(tiny_generator_dir)
-    shutil.copytree(trained_adapter, tmp_path / stage.ADAPTER_DIR)
-    monkeypatch.chdir(tmp_path)
+    (root / "data/models").mkdir(parents=True)
+    (root / "data/models/generator").symlink_to(generator_dir)
+    shutil.copytree(adapter, root / stage.ADAPTER_DIR)
+    monkeypatch.chdir(root)
     params = yaml.safe_load(yaml.safe_dump(repo_params))
     params["generate"].update(SMALL)
     return params
+
+
+@pytest.fixture
+def release(tmp_path, monkeypatch, tiny_generator_dir, trained_adapter, repo_params):
+    return release_project(tmp_path, monkeypatch, tiny_generator_dir, trained_adapter, repo_params)
 
 
 def run(params) -> dict:
@@ -241,13 +245,7 @@ def test_the_real_generator_samples_a_pool_end_to_end(tmp_path_factory, tmp_path
     """The one run on the real model: its DP-trained adapter, merged, samples instructions (words,
     not noise) that pass the pool's filters."""
     adapter = train_adapter(tmp_path_factory, generator_dir, repo_params)
-    (tmp_path / "data/models").mkdir(parents=True)
-    (tmp_path / "data/models/generator").symlink_to(generator_dir)
-    shutil.copytree(adapter, tmp_path / stage.ADAPTER_DIR)
-    monkeypatch.chdir(tmp_path)
-    params = yaml.safe_load(yaml.safe_dump(repo_params))
-    params["generate"].update(SMALL)
-    counts = run(params)
+    counts = run(release_project(tmp_path, monkeypatch, generator_dir, adapter, repo_params))
     pool = pq.read_table(stage.POOL).to_pandas()
     assert counts["sampled"] == 20 and len(pool) == counts["kept"] > 0
     words = pool.instruction.str.split().map(len)
