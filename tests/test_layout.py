@@ -176,3 +176,20 @@ def test_no_stage_switches_off_the_run_cache():
             for out in stage.get(section, []):
                 spec = out if isinstance(out, str) else next(iter(out.values())) or {}
                 assert not (isinstance(spec, dict) and spec.get("persist")), f"{name}: persist output {out}"
+
+
+def test_the_committed_lock_lists_the_deps_dvc_yaml_declares():
+    """A dep removed from dvc.yaml stays in dvc.lock until the stage re-runs, and `dvc status` does
+    not say so (hh_prepare kept two such deps): the committed lock must match the declared graph."""
+    from dvc.repo import Repo
+
+    lock = yaml.safe_load((REPO / "dvc.lock").read_text())["stages"]
+    stale = {}
+    with Repo(str(REPO)) as repo:
+        for stage in repo.index.stages:
+            name = stage.addressing.split(":")[-1]
+            declared = {str(d.def_path) for d in stage.deps} - {"params.yaml"}
+            locked = {d["path"] for d in lock.get(name, {}).get("deps", [])}
+            if name in lock and declared != locked:
+                stale[name] = sorted(declared ^ locked)
+    assert not stale, f"dvc.lock deps differ from dvc.yaml (run `dvc commit -f <stage>` or dvc repro): {stale}"
