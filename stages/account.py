@@ -23,6 +23,8 @@ from dpinstruct.io import params as P
 from dpinstruct.io import pipeline_spec
 from dpinstruct.io.errors import PrivacyConfigError
 from dpinstruct.io.runner import run_stage
+from dpinstruct.io.settings.privacy import Datasets
+from dpinstruct.io.settings.project import read_section
 from dpinstruct.privacy import accounting as acct
 from dpinstruct.privacy import ledger
 from dpinstruct.privacy.composition import compose_dataset
@@ -35,7 +37,7 @@ OUT = "metrics/privacy.json"
 def datasets(params: dict, root: str | Path = pipeline_spec.ROOT) -> tuple[dict[str, str], dict[str, tuple[str, ...]], str]:
     """(dataset -> its budget section, dataset -> the mechanisms that spend it, the release's dataset):
     the datasets from params.yaml ``datasets``, their mechanisms from dvc.yaml (``meta.dp_dataset``)."""
-    declared = P.section(params, "datasets")
+    declared = Datasets.from_params(params).root
     mechanisms = pipeline_spec.dp_mechanisms(root)
     unknown = sorted(f"{s} ({d})" for s, d in mechanisms.items() if d not in declared)
     if unknown:
@@ -45,17 +47,12 @@ def datasets(params: dict, root: str | Path = pipeline_spec.ROOT) -> tuple[dict[
     idle = sorted(d for d, found in expected.items() if not found)
     if idle:
         raise PrivacyConfigError(f"params.yaml datasets {idle}: no dvc.yaml stage spends them (meta.dp_dataset)")
-    releases = [d for d, spec in declared.items() if (spec or {}).get("release")]
-    if len(releases) != 1:
-        raise PrivacyConfigError(f"params.yaml `datasets`: exactly one dataset must be marked release: true, got {releases}")
-    return {d: str(spec["budget"]) for d, spec in declared.items()}, expected, releases[0]
+    return {d: spec.budget for d, spec in declared.items()}, expected, Datasets.from_params(params).release
 
 
 def budget(params: dict, section_name: str) -> tuple[float, float]:
-    section = params
-    for key in section_name.split("."):
-        section = P.section(section, key)
-    return P.as_float(section["epsilon"]), P.as_float(section["delta"])
+    section = read_section(params, section_name)
+    return section.epsilon, section.delta
 
 
 def account(params: dict, out) -> dict:

@@ -16,13 +16,14 @@ from pathlib import Path
 import pandas as pd
 import pyarrow as pa
 
-from dpinstruct.alignment.backends import BACKENDS, Request, decoding, rate
+from dpinstruct.alignment.backends import BACKENDS, Request, rate
 from dpinstruct.alignment.chat import user
 from dpinstruct.io import params as P
 from dpinstruct.io import quality
 from dpinstruct.io.artifacts import read_metadata, table_metadata
 from dpinstruct.io.errors import ConfigError, InputError, PrivacyConfigError
 from dpinstruct.io.runner import run_stage
+from dpinstruct.io.settings.alignment import Annotate
 from dpinstruct.models.loading import GENERATOR_DIR
 
 log = logging.getLogger("stages.annotate")
@@ -54,54 +55,51 @@ def sample(df: pd.DataFrame, rows: int | None, seed: int) -> pd.DataFrame:
     return df.assign(_rank=rank).sort_values("_rank").head(int(rows)).drop(columns="_rank").sort_index()
 
 
-def backend_for(cfg: dict, name: str, privacy: str):
-    kind = cfg["backend"]
+def backend_for(cfg: Annotate, name: str, privacy: str):
+    kind = cfg.backend
     if kind not in BACKENDS:
         raise ConfigError("annotate.backend", f"unknown backend {kind!r}; one of {sorted(BACKENDS)}")
-    if BACKENDS[kind].remote and privacy == "private" and not cfg.get("allow_remote_private", False):
+    if BACKENDS[kind].remote and privacy == "private" and not cfg.allow_remote_private:
         raise PrivacyConfigError(f"annotate@{name}: set {name!r} is private and annotate.backend is {kind!r} (remote); "
                                  "refusing to send it. Set annotate.allow_remote_private: true only if that endpoint "
                                  "may see the private instructions")
-    dec = decoding(cfg)
     if kind == "local":
-        local = cfg["local"]
-        return BACKENDS[kind](model_path(local["model"]), decoding=dec, batch_size=int(local["batch_size"]),
-                              seed=int(cfg["seed"]), resume_dir=RESUME_DIR / name)
-    remote = cfg["openai"]
-    return BACKENDS[kind](base_url=remote["base_url"], model=remote["model"], api_key_env=remote.get("api_key_env"),
-                          concurrency=int(remote["concurrency"]), timeout=P.as_float(remote["timeout"]),
-                          max_retries=int(remote["max_retries"]), decoding=dec,
-                          cache_path=RESUME_DIR / "requests.sqlite", private=privacy == "private")
+        return BACKENDS[kind](model_path(cfg.local.model), decoding=cfg.decoding(), batch_size=cfg.local.batch_size,
+                              seed=cfg.seed, resume_dir=RESUME_DIR / name)
+    remote = cfg.openai
+    return BACKENDS[kind](base_url=remote.base_url, model=remote.model, api_key_env=remote.api_key_env,
+                          concurrency=remote.concurrency, timeout=remote.timeout, max_retries=remote.max_retries,
+                          decoding=cfg.decoding(), cache_path=RESUME_DIR / "requests.sqlite",
+                          private=privacy == "private")
 
 
 def annotate(name: str, params: dict, out) -> dict:
     if name not in SETS:
         raise ConfigError("stage argument", f"unknown instruction set {name!r}; one of {sorted(SETS)}")
-    cfg, source = P.section(params, STAGE), SETS[name]
+    cfg, source = Annotate.from_params(params), SETS[name]
     privacy = read_metadata(source).get("privacy")
     if privacy is None:
         raise InputError(source, "no privacy class in the Parquet metadata (dpinstruct.privacy)")
     backend = backend_for(cfg, name, privacy)  # refuses before anything is read or sent
     df = sample(pd.read_parquet(source, columns=["id", "instruction"]),
-                cfg["test_rows"] if name == "test" else cfg["rows"], int(cfg["seed"]))
+                cfg.test_rows if name == "test" else cfg.rows, cfg.seed)
     if df.empty:
         raise InputError(source, "no instructions to annotate")
-    log.info("annotating %d instructions of %s (class %s) with the %s backend", len(df), name, privacy, cfg["backend"])
-    system = [{"role": "system", "content": cfg["system_prompt"]}] if cfg.get("system_prompt") else []
+    log.info("annotating %d instructions of %s (class %s) with the %s backend", len(df), name, privacy, cfg.backend)
+    system = [{"role": "system", "content": cfg.system_prompt}] if cfg.system_prompt else []
     requests = [Request(r.id, system + user(r.instruction)) for r in df.itertuples()]
     answers = backend.complete(requests, label=f"annotate@{name}")
     table = df.assign(response=[a.text for a in answers], response_tokens=[a.tokens for a in answers],
                       finish_reason=[a.finish_reason for a in answers]).reset_index(drop=True)
     report = quality.check(table, f"annotate/{name}", quality.table_rules(
         columns=SCHEMA.names, non_null=SCHEMA.names, between={"response_tokens": (0, None)}))
-    dec = decoding(cfg)
-    model = model_path(cfg["local"]["model"]) if cfg["backend"] == "local" else cfg["openai"]["model"]
-    meta = table_metadata(STAGE, P.params_hash(cfg), privacy, set=name, source=source, backend=cfg["backend"],
-                          annotator=model, decoding=dec)
+    model = model_path(cfg.local.model) if cfg.backend == "local" else cfg.openai.model
+    meta = table_metadata(STAGE, P.params_hash(cfg.raw), privacy, set=name, source=source, backend=cfg.backend,
+                          annotator=model, decoding=cfg.decoding())
     out.write_parquet(pa.Table.from_pandas(table, preserve_index=False), output(name), SCHEMA, meta)
     out.write_json(report, quality.report_path(f"annotate/{name}"))
     stats = {"rows": len(table), "finished": int((table.finish_reason == "stop").sum()),
-             "mean_response_tokens": float(table.response_tokens.mean()), "backend": cfg["backend"]}
+             "mean_response_tokens": float(table.response_tokens.mean()), "backend": cfg.backend}
     log.info("annotate@%s: %d rows, %d finished; %s", name, stats["rows"], stats["finished"], rate(backend.stats))
     return stats
 

@@ -18,8 +18,9 @@ from dpinstruct.embeddings import bucketing, embedding_io
 from dpinstruct.io import params as P
 from dpinstruct.io import quality
 from dpinstruct.io.artifacts import table_metadata
-from dpinstruct.io.errors import ConfigError, InputError
+from dpinstruct.io.errors import InputError
 from dpinstruct.io.runner import run_stage
+from dpinstruct.io.settings.algorithm2 import Cluster
 
 log = logging.getLogger("stages.cluster")
 STAGE = "cluster"
@@ -30,28 +31,18 @@ ASSIGNMENT_SCHEMA = pa.schema([pa.field("id", pa.string(), nullable=False), pa.f
 METRICS = "metrics/cluster.json"
 
 
-def check(cfg: dict) -> None:
-    if not 0 < P.as_float(cfg["explained_variance"]) <= 1:
-        raise ConfigError("cluster.explained_variance", f"must be in (0, 1], got {cfg['explained_variance']!r}")
-    for key in ("k", "niter", "nredo", "max_points_per_centroid"):
-        if int(cfg[key]) < 1:
-            raise ConfigError(f"cluster.{key}", f"must be >= 1, got {cfg[key]!r}")
-
-
 def cluster(params: dict, out) -> dict:
-    cfg = P.section(params, STAGE)
-    check(cfg)
+    cfg = Cluster.from_params(params)
     ids, vectors = embedding_io.read(POOL_EMBEDDINGS)
-    if len(ids) < int(cfg["k"]):
-        raise InputError(POOL_EMBEDDINGS, f"{len(ids)} pool instructions cannot make cluster.k={cfg['k']} clusters")
-    log.info("fitting PCA (%.0f%% variance) and k-means (K=%d) on %d pool embeddings", 100 * P.as_float(cfg["explained_variance"]),
-             cfg["k"], len(ids))
-    buckets = bucketing.fit(vectors, explained_variance=P.as_float(cfg["explained_variance"]), k=int(cfg["k"]),
-                            niter=int(cfg["niter"]), nredo=int(cfg["nredo"]), seed=int(cfg["seed"]),
-                            max_points_per_centroid=int(cfg["max_points_per_centroid"]))
+    if len(ids) < cfg.k:
+        raise InputError(POOL_EMBEDDINGS, f"{len(ids)} pool instructions cannot make cluster.k={cfg.k} clusters")
+    log.info("fitting PCA (%.0f%% variance) and k-means (K=%d) on %d pool embeddings", 100 * cfg.explained_variance,
+             cfg.k, len(ids))
+    buckets = bucketing.fit(vectors, explained_variance=cfg.explained_variance, k=cfg.k, niter=cfg.niter,
+                            nredo=cfg.nredo, seed=cfg.seed, max_points_per_centroid=cfg.max_points_per_centroid)
     labels = buckets.assign(vectors)
     sizes = np.bincount(labels, minlength=len(buckets.centroids))
-    phash = P.params_hash(cfg)
+    phash = P.params_hash(cfg.raw)
     stored = bucketing.to_table(buckets)
     bucket_report = quality.check(stored.drop_columns(["vector"]).to_pandas().assign(row=range(stored.num_rows)),
                                   "cluster/buckets", quality.table_rules(columns=["kind", "index"], id_column="row",

@@ -20,8 +20,10 @@ import pandas as pd
 import torch
 
 from dpinstruct.io import params as P
-from dpinstruct.io.errors import ConfigError, InputError
+from dpinstruct.io.errors import InputError
 from dpinstruct.io.runner import run_stage
+from dpinstruct.io.settings.privacy import Budget, Randomness
+from dpinstruct.io.settings.rl import DpPpo
 from dpinstruct.models.loading import GENERATOR_DIR
 from dpinstruct.models.lora import lora_model, merged_model, save_adapter
 from dpinstruct.models.trunk import first_adapted_layer
@@ -45,24 +47,21 @@ LIVE_DIR = Path("dvclive/dp_ppo")
 COUNTS = ("imdb_sft", "imdb_ppo")  # DP counts of the two parts; rl.dp_ppo.partition picks one
 
 
-def settings(cfg: dict) -> ppo.PPOSettings:
-    return ppo.PPOSettings.from_params(cfg, "rl.dp_ppo")
+def settings(cfg: DpPpo) -> ppo.PPOSettings:
+    return ppo.PPOSettings.from_params(cfg)
 
 
-def plan(params: dict) -> acct.DPSGDPlan:
+def plan(cfg: DpPpo, budget: Budget) -> acct.DPSGDPlan:
     """Its prior: the read part's DP count, and DP-SFT when it reads DP-SFT's part (sequential)."""
-    cfg = params["rl"][STAGE]
-    if cfg["partition"] not in ("sft", "ppo"):
-        raise ConfigError("rl.dp_ppo.partition", f"must be sft or ppo, got {cfg['partition']!r}")
-    noisy_count, count_component, _ = dp_count.read(f"imdb_{cfg['partition']}")
+    noisy_count, count_component, _ = dp_count.read(f"imdb_{cfg.partition}")
     prior = [count_component]
     sft = json.loads(SFT_LEDGER.read_text())
-    if cfg["partition"] == sft["partition"]:  # the same records as DP-SFT: sequential composition
+    if cfg.partition == sft["partition"]:  # the same records as DP-SFT: sequential composition
         prior.extend(acct.prv_components(ledger.event_from_json(sft["dp_event"])))  # its stored event
-    return acct.plan_dp_sgd(params["rl"].get("privacy"), budget_name="rl.privacy", noisy_count=noisy_count,
-                            sampling_rate=P.as_float(cfg["sampling_rate"]), steps=int(cfg["steps"]),
-                            clip_norm=P.as_float(cfg["clip_norm"]), epochs_per_batch=int(cfg["epochs_per_batch"]),
-                            prior=prior, prior_label=f"the DP count and earlier mechanisms on part {cfg['partition']}")
+    return acct.plan_dp_sgd(budget, budget_name="rl.privacy", noisy_count=noisy_count,
+                            sampling_rate=cfg.sampling_rate, steps=cfg.steps, clip_norm=cfg.clip_norm,
+                            epochs_per_batch=cfg.epochs_per_batch, prior=prior,
+                            prior_label=f"the DP count and earlier mechanisms on part {cfg.partition}")
 
 
 # Every file or folder the stage reads (both parts' counts): bound into its DP streams.
@@ -70,23 +69,25 @@ INPUTS = (PROMPTS, GENERATOR_DIR, SFT_ADAPTER, SFT_LEDGER, REWARD_DIR, *map(dp_c
 
 
 def dp_ppo(params: dict, out) -> dict:
-    cfg = params["rl"][STAGE]
+    cfg, budget = DpPpo.from_params(params), Budget.from_params(params, "rl.privacy")
+    randomness = Randomness.from_params(params)
     s = settings(cfg)
     prompts = pd.read_parquet(PROMPTS)
-    prompts = prompts[prompts.partition == cfg["partition"]].reset_index(drop=True)
+    prompts = prompts[prompts.partition == cfg.partition].reset_index(drop=True)
     if prompts.empty:
-        raise InputError(PROMPTS, f"no prompt in part {cfg['partition']!r} (rl.dp_ppo.partition)", field="partition")
-    p = plan(params)  # refuses unsafe settings before any model work
-    key = run_key(STAGE, (cfg, params["rl"].get("privacy"), p.as_dict()), INPUTS)
-    # rollout randomness is keyed too: nobody without the key can replay a step's continuations
-    rollout_seeds = DPRandom.for_purpose(f"{STAGE}/rollouts", *key, privacy=params["privacy"])
-    scope = Scope(STAGE, dataset=DATASET, partition=cfg["partition"], privacy_unit="one prompt (all its rollouts)")
-    mech = DPSGDMechanism(scope, p, privacy=params["privacy"], run_key=key, checkpoint_dir=CHECKPOINT_DIR,
-                          live_dir=LIVE_DIR, checkpoint_every=cfg["checkpoint_every"])
-    torch.manual_seed(int(cfg["seed"]))  # LoRA init only
-    policy, tokenizer = lora_model(merged_model(GENERATOR_DIR, SFT_ADAPTER), cfg["lora"])
+        raise InputError(PROMPTS, f"no prompt in part {cfg.partition!r} (rl.dp_ppo.partition)", field="partition")
+    p = plan(cfg, budget)  # refuses unsafe settings before any model work
+    key = run_key(STAGE, (cfg.raw, budget.raw, p.as_dict()), INPUTS)
+    scope = Scope(STAGE, dataset=DATASET, partition=cfg.partition, privacy_unit="one prompt (all its rollouts)")
+    mech = DPSGDMechanism(scope, p, privacy=randomness, run_key=key, checkpoint_dir=CHECKPOINT_DIR,
+                          live_dir=LIVE_DIR, checkpoint_every=cfg.checkpoint_every)
+    # rollout randomness is keyed too, with the mechanism's whole binding (plan and machine included):
+    # nobody without the key can replay a step's continuations, and two machines never share them
+    rollout_seeds = DPRandom.for_purpose(f"{STAGE}/rollouts", *mech.run_key, privacy=randomness)
+    torch.manual_seed(cfg.seed)  # LoRA init only
+    policy, tokenizer = lora_model(merged_model(GENERATOR_DIR, SFT_ADAPTER), cfg.lora)
     reward = SentimentReward.load(REWARD_DIR)
-    dp = mech.optimizer(policy, lr=P.as_float(cfg["lr"]))
+    dp = mech.optimizer(policy, lr=cfg.lr)
     prompt_ids, prompt_keys = prompts.prompt_ids.map(list).tolist(), prompts.id.tolist()
     prompt_len = len(prompt_ids[0])
     start = first_adapted_layer(policy)
@@ -105,15 +106,15 @@ def dp_ppo(params: dict, out) -> dict:
         old_logp, ref_logp = ppo.old_and_reference_logprobs(policy, hidden, ids, prompt_len, start)
         kl = ppo.kl_to_reference(old_logp, ref_logp).numpy()
         adv = ppo.advantages(rewards, kl, s.rollouts, s.kl_coef)
-        micro = ppo.micro_batches(ids, hidden, old_logp, adv, s.rollouts, int(cfg["prompts_per_micro"]))
+        micro = ppo.micro_batches(ids, hidden, old_logp, adv, s.rollouts, cfg.prompts_per_micro)
         for _epoch in range(p.epochs_per_batch):
             result = dp.step(micro, loss_fn=loss_fn)
         mech.metrics.update(reward=float(rewards.mean()), kl=float(kl.mean()), batch_size=result.batch_size)
     save_adapter(policy, out.path(ADAPTER_DIR))
-    entry = mech.ledger_entry(params_hash=P.params_hash(cfg, params["rl"].get("privacy")))
+    entry = mech.ledger_entry(params_hash=P.params_hash(cfg.raw, budget.raw))
     out.write_json(entry, ledger.entry_path(STAGE))
     log.info("dp_ppo: epsilon %s (PRV %s) on partition %s of %s", entry["epsilon"], entry["epsilon_prv"],
-             cfg["partition"], DATASET)
+             cfg.partition, DATASET)
     return entry
 
 

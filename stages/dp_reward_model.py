@@ -21,6 +21,8 @@ import torch
 from dpinstruct.io import params as P
 from dpinstruct.io.errors import InputError
 from dpinstruct.io.runner import run_stage
+from dpinstruct.io.settings.privacy import Budget, Randomness
+from dpinstruct.io.settings.rlhf import DpRewardModel, Features
 from dpinstruct.privacy import accounting as acct
 from dpinstruct.privacy import dp_count, ledger
 from dpinstruct.privacy.run_key import run_key
@@ -41,35 +43,33 @@ COUNT = "hh_rlhf"  # the DP count of the reward part (stage dp_count@hh_rlhf)
 INPUTS = (FEATURES, dp_count.entry_path(COUNT))
 
 
-def plan(params: dict) -> acct.DPSGDPlan:
-    cfg = params["rlhf"][STAGE]
+def plan(cfg: DpRewardModel, budget: Budget) -> acct.DPSGDPlan:
     noisy_count, count_component, _ = dp_count.read(COUNT)
-    return acct.plan_dp_sgd(params["rlhf"].get("privacy"), budget_name="rlhf.privacy", noisy_count=noisy_count,
-                            sampling_rate=P.as_float(cfg["sampling_rate"]), steps=int(cfg["steps"]),
-                            clip_norm=P.as_float(cfg["clip_norm"]), prior=[count_component],
-                            prior_label=f"the DP count of the {SCOPE.partition} part")
+    return acct.plan_dp_sgd(budget, budget_name="rlhf.privacy", noisy_count=noisy_count,
+                            sampling_rate=cfg.sampling_rate, steps=cfg.steps, clip_norm=cfg.clip_norm,
+                            prior=[count_component], prior_label=f"the DP count of the {SCOPE.partition} part")
 
 
 def dp_reward_model(params: dict, out) -> dict:
-    cfg = params["rlhf"][STAGE]
+    cfg, budget = DpRewardModel.from_params(params), Budget.from_params(params, "rlhf.privacy")
+    features_cfg = Features.from_params(params)  # the backbone: bound into the streams
     features = pd.read_parquet(FEATURES)
     features = features[features.partition == SCOPE.partition]
     if features.empty:
         raise InputError(FEATURES, f"no comparison in part {SCOPE.partition!r}", field="partition")
     pair_deltas = bt.deltas(features)
-    p = plan(params)  # refuses unsafe settings before any training
-    mech = DPSGDMechanism(SCOPE, p, privacy=params["privacy"],
-                          run_key=run_key(STAGE, (cfg, params["rlhf"].get("privacy"), params["rlhf"].get("features")),
-                                          INPUTS),
-                          checkpoint_dir=CHECKPOINT_DIR, live_dir=LIVE_DIR, checkpoint_every=cfg["checkpoint_every"])
-    torch.manual_seed(int(cfg["seed"]))
+    p = plan(cfg, budget)  # refuses unsafe settings before any training
+    mech = DPSGDMechanism(SCOPE, p, privacy=Randomness.from_params(params),
+                          run_key=run_key(STAGE, (cfg.raw, budget.raw, features_cfg.raw), INPUTS),
+                          checkpoint_dir=CHECKPOINT_DIR, live_dir=LIVE_DIR, checkpoint_every=cfg.checkpoint_every)
+    torch.manual_seed(cfg.seed)
     head = bt.BradleyTerryHead(pair_deltas.shape[1])
-    dp = mech.optimizer(head, lr=P.as_float(cfg["lr"]))
+    dp = mech.optimizer(head, lr=cfg.lr)
     bt.train_head(dp, pair_deltas, mech.loop.sampler, p.sampling_rate, mech.steps(desc="DP reward model steps"),
                   on_step=lambda r: mech.metrics.update(loss=r.loss, batch_size=r.batch_size))
     PreferenceReward(Backbone.from_params(params), bt.head_weight(head)).save(
         out.path(MODEL_DIR), trained_on=f"{SCOPE.dataset} part {SCOPE.partition}, under DP (see the ledger entry)")
-    entry = mech.ledger_entry(params_hash=P.params_hash(cfg, params["rlhf"].get("privacy")))
+    entry = mech.ledger_entry(params_hash=P.params_hash(cfg.raw, budget.raw))
     out.write_json(entry, ledger.entry_path(STAGE))
     log.info("dp_reward_model: epsilon %s (PRV %s) on partition %s of %s", entry["epsilon"], entry["epsilon_prv"],
              SCOPE.partition, SCOPE.dataset)

@@ -19,6 +19,8 @@ import torch
 
 from dpinstruct.io import params as P
 from dpinstruct.io.runner import run_stage
+from dpinstruct.io.settings.privacy import Budget, Randomness
+from dpinstruct.io.settings.rl import DpSft
 from dpinstruct.models.loading import GENERATOR_DIR
 from dpinstruct.models.lora import lora_model, save_adapter
 from dpinstruct.privacy import accounting as acct
@@ -39,34 +41,32 @@ COUNT = "imdb_sft"  # the DP count of the part (stage dp_count@imdb_sft)
 INPUTS = (REVIEWS, GENERATOR_DIR, dp_count.entry_path(COUNT))
 
 
-def plan(params: dict) -> acct.DPSGDPlan:
-    cfg = params["rl"][STAGE]
+def plan(cfg: DpSft, budget: Budget) -> acct.DPSGDPlan:
     noisy_count, count_component, _ = dp_count.read(COUNT)
-    return acct.plan_dp_sgd(params["rl"].get("privacy"), budget_name="rl.privacy", noisy_count=noisy_count,
-                            sampling_rate=P.as_float(cfg["sampling_rate"]), steps=int(cfg["steps"]),
-                            clip_norm=P.as_float(cfg["clip_norm"]), prior=[count_component],
-                            prior_label=f"the DP count of the {SCOPE.partition} part")
+    return acct.plan_dp_sgd(budget, budget_name="rl.privacy", noisy_count=noisy_count,
+                            sampling_rate=cfg.sampling_rate, steps=cfg.steps, clip_norm=cfg.clip_norm,
+                            prior=[count_component], prior_label=f"the DP count of the {SCOPE.partition} part")
 
 
 def dp_sft(params: dict, out) -> dict:
-    cfg = params["rl"][STAGE]
+    cfg, budget = DpSft.from_params(params), Budget.from_params(params, "rl.privacy")
     texts = pd.read_parquet(REVIEWS, columns=["text"]).text.tolist()
-    p = plan(params)  # refuses unsafe settings before any model work
-    mech = DPSGDMechanism(SCOPE, p, privacy=params["privacy"],
-                          run_key=run_key(STAGE, (cfg, params["rl"].get("privacy")), INPUTS),
-                          checkpoint_dir=CHECKPOINT_DIR, live_dir=LIVE_DIR, checkpoint_every=cfg["checkpoint_every"])
-    torch.manual_seed(int(cfg["seed"]))  # LoRA init only
-    model, tokenizer = lora_model(GENERATOR_DIR, cfg["lora"])
+    p = plan(cfg, budget)  # refuses unsafe settings before any model work
+    mech = DPSGDMechanism(SCOPE, p, privacy=Randomness.from_params(params),
+                          run_key=run_key(STAGE, (cfg.raw, budget.raw), INPUTS),
+                          checkpoint_dir=CHECKPOINT_DIR, live_dir=LIVE_DIR, checkpoint_every=cfg.checkpoint_every)
+    torch.manual_seed(cfg.seed)  # LoRA init only
+    model, tokenizer = lora_model(GENERATOR_DIR, cfg.lora)
     examples = tokenizer(texts, add_special_tokens=False)["input_ids"]  # the whole text is the target
     lengths = np.array([len(e) for e in examples])
-    dp = mech.optimizer(model, lr=P.as_float(cfg["lr"]))
+    dp = mech.optimizer(model, lr=cfg.lr)
     for _ in mech.steps(desc="DP-SFT steps"):
         micro = [collate([examples[i] for i in b], 0, tokenizer.pad_token_id)
-                 for b in micro_batches(mech.sample(len(examples)), lengths, int(cfg["micro_batch_tokens"]))]
+                 for b in micro_batches(mech.sample(len(examples)), lengths, cfg.micro_batch_tokens)]
         result = dp.step(micro)
         mech.metrics.update(loss=result.loss, batch_size=result.batch_size)
     save_adapter(model, out.path(ADAPTER_DIR))
-    entry = mech.ledger_entry(params_hash=P.params_hash(cfg, params["rl"].get("privacy")))
+    entry = mech.ledger_entry(params_hash=P.params_hash(cfg.raw, budget.raw))
     out.write_json(entry, ledger.entry_path(STAGE))
     log.info("dp_sft: epsilon %s (PRV %s) on partition %s of %s", entry["epsilon"], entry["epsilon_prv"],
              SCOPE.partition, SCOPE.dataset)

@@ -21,6 +21,8 @@ from dpinstruct.io import quality
 from dpinstruct.io.artifacts import read_metadata, table_metadata
 from dpinstruct.io.errors import ConfigError, InputError
 from dpinstruct.io.runner import run_stage
+from dpinstruct.io.settings.algorithm2 import Embed
+from dpinstruct.io.settings.models import Models
 from dpinstruct.models.loading import EMBEDDER_DIR
 
 log = logging.getLogger("stages.embed")
@@ -38,7 +40,7 @@ def output(name: str) -> Path:
 def embed(name: str, params: dict, out) -> int:
     if name not in SETS:
         raise ConfigError("stage argument", f"unknown instruction set {name!r}; one of {sorted(SETS)}")
-    cfg = P.section(params, STAGE)
+    cfg, embedder = Embed.from_params(params), Models.read(params, "embedder")
     source = SETS[name]
     df = pd.read_parquet(source, columns=["id", "instruction"])
     if df.empty:
@@ -47,14 +49,14 @@ def embed(name: str, params: dict, out) -> int:
     if privacy is None:
         raise InputError(source, "no privacy class in the Parquet metadata (dpinstruct.privacy)")
     log.info("embedding %d rows of %s (class %s)", len(df), name, privacy)
-    vectors = encode(df.instruction.tolist(), EMBEDDER_DIR, batch_size=cfg["batch_size"],
-                     max_seq_length=cfg["max_seq_length"], bf16=bool(cfg["bf16"]))
+    vectors = encode(df.instruction.tolist(), EMBEDDER_DIR, batch_size=cfg.batch_size,
+                     max_seq_length=cfg.max_seq_length, bf16=cfg.bf16)
     if not np.isfinite(vectors).all():
         raise InputError(source, "embedder returned non-finite values", field="instruction")
     report = quality.check(df[["id"]], f"embed/{name}", quality.table_rules(columns=["id"], non_null=["id"]))
     table = embedding_io.to_table(df.id.tolist(), vectors)
-    meta = table_metadata(STAGE, P.params_hash(cfg), privacy, set=name, source=source,
-                          embedder=str(params["models"]["embedder"]), dim=int(vectors.shape[1]))
+    meta = table_metadata(STAGE, P.params_hash(cfg.raw), privacy, set=name, source=source,
+                          embedder=embedder, dim=int(vectors.shape[1]))
     out.write_parquet(table, output(name), table.schema, meta)
     out.write_json(report, quality.report_path(f"embed/{name}"))
     return len(df)

@@ -38,6 +38,7 @@ from dpinstruct.io import params as P
 from dpinstruct.io.artifacts import read_metadata, read_table
 from dpinstruct.io.errors import InputError
 from dpinstruct.io.runner import run_stage
+from dpinstruct.io.settings.evaluation import Evaluate
 from dpinstruct.text.stats import distinct_n, length_shares, length_summary, words
 
 log = logging.getLogger("stages.evaluate")
@@ -60,22 +61,22 @@ MAUVE_PLOT = "plots/eval/mauve.csv"
 
 
 def evaluate(params: dict, out) -> dict:
-    cfg = P.section(params, STAGE)
-    seed, size = int(cfg["seed"]), int(cfg["sample_size"])
+    cfg = Evaluate.from_params(params)
+    seed, size = cfg.seed, cfg.sample_size
     paths = {"test": REFERENCE, **SETS}
     embedders = {name: read_metadata(emb).get("embedder") for name, (_, emb) in paths.items()}
     if len(set(embedders.values())) != 1:
         raise InputError(SETS["pool"][1], f"embeddings come from different embedders: {embedders}; re-run embed")
     data = {name: load(*p) for name, p in paths.items()}
-    confidence = float(cfg["confidence"])
+    confidence = cfg.confidence
     result = {"reference": {"set": "test", "rows": len(data["test"][0]), "mauve_sample": size},
               "confidence": confidence, "mauve": {}, "differences": {}, "yield": {}, "length_words": {},
               "distinct": {}, "clusters": {}}
     for name in tqdm(SETS, desc="MAUVE vs test", unit="set"):
-        score = mauve_score.resampled(data[name][1], data["test"][1], size=size, repeats=int(cfg["repeats"]),
-                                      seed=zlib.crc32(f"{seed}:{name}".encode()), buckets=cfg["num_buckets"],
-                                      explained_variance=float(cfg["explained_variance"]), niter=int(cfg["niter"]),
-                                      nredo=int(cfg["nredo"]), reference_seed=zlib.crc32(f"{seed}:test".encode()))
+        score = mauve_score.resampled(data[name][1], data["test"][1], size=size, repeats=cfg.repeats,
+                                      seed=zlib.crc32(f"{seed}:{name}".encode()), buckets=cfg.num_buckets,
+                                      explained_variance=cfg.explained_variance, niter=cfg.niter,
+                                      nredo=cfg.nredo, reference_seed=zlib.crc32(f"{seed}:test".encode()))
         interval = draws_interval(score["per_draw"], confidence)
         result["mauve"][name] = score | {"lo": interval["lo"], "hi": interval["hi"]}
         log.info("MAUVE %s vs test: %.3f (std %.3f over %d draws of %d vs %d rows, %d buckets)%s", name, score["mauve"],
@@ -113,7 +114,7 @@ def evaluate(params: dict, out) -> dict:
     out.write_csv(pd.DataFrame({"cluster": np.arange(k), **{n: cluster_shares[n].round(6) for n in plot_sets}}), CLUSTER_PLOT)
     out.write_csv(pd.DataFrame([{"set": name, "mauve": round(m["mauve"], 6), "lo": round(m["lo"], 6),
                                  "hi": round(m["hi"], 6)} for name, m in result["mauve"].items()]), MAUVE_PLOT)
-    width, top = int(cfg["length_bin_words"]), int(cfg["length_max_words"])
+    width, top = cfg.length_bin_words, cfg.length_max_words
     out.write_csv(pd.DataFrame({"words": np.arange(0, top + 1, width),
                                 **{n: length_shares(v, width, top).round(6) for n, v in lengths.items()}}), LENGTH_PLOT)
     out.write_json(result, METRICS)

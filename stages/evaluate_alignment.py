@@ -23,13 +23,14 @@ import pandas as pd
 import torch
 
 from dpinstruct.alignment import judge as J
-from dpinstruct.alignment.backends import BACKENDS, decoding
+from dpinstruct.alignment.backends import BACKENDS
 from dpinstruct.alignment.chat import chat_ids, user
 from dpinstruct.alignment.scoring import bootstrap_mean, outcome, response_nll, win_rate
 from dpinstruct.io import params as P
 from dpinstruct.io.errors import ConfigError, InputError, PrivacyConfigError
 from dpinstruct.io.runner import run_stage
-from dpinstruct.models import batch_sampler
+from dpinstruct.io.settings.alignment import EvaluateAlignment, Judge
+from dpinstruct.models import sampler
 from dpinstruct.models.loading import GENERATOR_DIR, load_generator
 from dpinstruct.models.lora import merged_model
 
@@ -48,61 +49,61 @@ NO_JUDGE = ("no win rates: evaluate_alignment.judge.backend is none (the default
 PAIRS = (("train", "release"), ("release", "pool"), ("pool", "public"))  # the expected ordering, step by step
 
 
-def answers(model, tokenizer, instructions: list[str], cfg: dict) -> list[str]:
+def answers(model, tokenizer, instructions: list[str], cfg: EvaluateAlignment) -> list[str]:
     prompts = [chat_ids(tokenizer, user(i), generation_prompt=True) for i in instructions]
     eos, out = tokenizer.eos_token_id, []
-    for start in range(0, len(prompts), int(cfg["batch_size"])):
-        tokens = batch_sampler.sample_prompts(model, prompts[start:start + int(cfg["batch_size"])], eos_id=eos,
-                                        pad_id=tokenizer.pad_token_id or eos, max_new_tokens=int(cfg["max_new_tokens"]),
-                                        top_p=1.0, temperature=0.0, generator=torch.Generator())
+    for start in range(0, len(prompts), cfg.batch_size):
+        tokens = sampler.sample(model, prompts[start:start + cfg.batch_size], eos_id=eos,
+                          pad_id=tokenizer.pad_token_id or eos, max_new_tokens=cfg.max_new_tokens,
+                          top_p=1.0, temperature=0.0, generator=torch.Generator())
         out += [tokenizer.decode([t for t in row if t != eos], skip_special_tokens=True).strip() for row in tokens]
     return out
 
 
-def make_judge(cfg: dict):
-    kind = cfg["backend"]
+def make_judge(cfg: Judge):
+    kind = cfg.backend
     if kind == "none":
         return None
     if kind not in J.JUDGES:
         raise ConfigError("evaluate_alignment.judge.backend", f"unknown judge {kind!r}; one of none, "
                                                               f"{', '.join(sorted(J.JUDGES))}")
-    if J.JUDGES[kind].remote and not cfg.get("allow_remote_private", False):
+    if J.JUDGES[kind].remote and not cfg.allow_remote_private:
         raise PrivacyConfigError("evaluate_alignment: the judge would send private test instructions to the remote "
                                  f"backend {kind!r}; set evaluate_alignment.judge.allow_remote_private: true only if "
                                  "that endpoint may see them")
     if kind == "local":
-        path = GENERATOR_DIR if cfg["model"] == "generator" else cfg["model"]
+        path = GENERATOR_DIR if cfg.model == "generator" else cfg.model
         return J.LocalJudge(*load_generator(path))
-    remote = cfg["openai"]
-    backend = BACKENDS["openai"](base_url=remote["base_url"], model=remote["model"], api_key_env=remote.get("api_key_env"),
-                                 concurrency=int(remote["concurrency"]), timeout=P.as_float(remote["timeout"]),
-                                 max_retries=int(remote["max_retries"]), private=True,
-                                 decoding=decoding({"temperature": 0.0, "top_p": 1.0, "max_new_tokens": 4}),
+    remote = cfg.openai
+    backend = BACKENDS["openai"](base_url=remote.base_url, model=remote.model, api_key_env=remote.api_key_env,
+                                 concurrency=remote.concurrency, timeout=remote.timeout,
+                                 max_retries=remote.max_retries, private=True,
+                                 decoding={"temperature": 0.0, "top_p": 1.0, "max_new_tokens": 4},
                                  cache_path="data/checkpoints/evaluate_alignment/requests.sqlite")
     return J.RemoteJudge(backend)
 
 
 def evaluate_alignment(params: dict, out) -> dict:
-    cfg = P.section(params, STAGE)
-    judge = make_judge(cfg["judge"])  # refuses a remote judge before any private data is read
+    cfg = EvaluateAlignment.from_params(params)
+    judge = make_judge(cfg.judge)  # refuses a remote judge before any private data is read
     annotated = pd.read_parquet(TEST)
     finished = annotated[annotated.finish_reason == "stop"]  # a cut reference would be scored with an end it lacks
-    if len(finished) < int(cfg["rows"]):
+    if len(finished) < cfg.rows:
         raise InputError(TEST, f"{len(finished)} finished test annotations, fewer than evaluate_alignment.rows="
-                               f"{cfg['rows']}: lower it or raise annotate.test_rows")
-    test = finished.sort_values("id").head(int(cfg["rows"]))
+                               f"{cfg.rows}: lower it or raise annotate.test_rows")
+    test = finished.sort_values("id").head(cfg.rows)
     instructions, references = test.instruction.tolist(), test.response.tolist()
-    judged = 0 if judge is None else min(int(cfg["judge"]["rows"]), len(test))  # the first rows are also judged
-    draws, seed = int(cfg["bootstrap"]), int(cfg["seed"])
+    judged = 0 if judge is None else min(cfg.judge.rows, len(test))  # the first rows are also judged
+    draws, seed = cfg.bootstrap, cfg.seed
     nll, replies = {}, {}
     for name in ("bare", *SETS):
         model, tokenizer = (load_generator(GENERATOR_DIR) if name == "bare" else merged_model(GENERATOR_DIR, ADAPTERS[name]))
-        nll[name] = response_nll(model, tokenizer, instructions, references, batch_size=int(cfg["batch_size"]))
+        nll[name] = response_nll(model, tokenizer, instructions, references, batch_size=cfg.batch_size)
         replies[name] = answers(model, tokenizer, instructions[:judged], cfg) if judged else []
         log.info("%s: held-out response NLL %.4f", name, nll[name].mean())
     instructions, references = instructions[:judged], references[:judged]
     result = {"rows": len(test), "judged_rows": judged, "nll": {n: bootstrap_mean(v, draws=draws, seed=seed) for n, v in nll.items()},
-              "nll_diff": {}, "win_rate": {}, "judge": {"backend": cfg["judge"]["backend"]}}
+              "nll_diff": {}, "win_rate": {}, "judge": {"backend": cfg.judge.backend}}
     for a, b in [(s, "bare") for s in SETS] + list(PAIRS):
         result["nll_diff"][f"{a}-{b}"] = bootstrap_mean(nll[a] - nll[b], draws=draws, seed=seed)
     if judge is not None:

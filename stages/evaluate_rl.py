@@ -19,6 +19,7 @@ import pandas as pd
 from dpinstruct.alignment.scoring import bootstrap_mean
 from dpinstruct.io import params as P
 from dpinstruct.io.runner import run_stage
+from dpinstruct.io.settings.rl import DpPpo, EvaluateRl, RlData
 from dpinstruct.models.loading import GENERATOR_DIR, load_generator
 from dpinstruct.models.lora import merged_model
 from dpinstruct.rl import ppo
@@ -52,22 +53,21 @@ def policies(sft):
 
 
 def evaluate_rl(params: dict, out) -> dict:
-    cfg, data = P.section(P.section(params, "rl"), STAGE), params["rl"]["data"]
-    settings = ppo.PPOSettings(rollouts=1, new_tokens=int(params["rl"]["dp_ppo"]["new_tokens"]),
-                               temperature=P.as_float(params["rl"]["dp_ppo"]["temperature"]),
-                               top_p=P.as_float(params["rl"]["dp_ppo"]["top_p"]), kl_coef=0.0, clip_range=1.0)
-    prompts = pd.read_parquet(PROMPTS).sort_values("id").head(int(cfg["rows"]))
+    cfg, prompt_len = EvaluateRl.from_params(params), RlData.read(params, "prompt_tokens")
+    new_tokens, temperature, top_p = DpPpo.read(params, "new_tokens", "temperature", "top_p")  # DP-PPO's sampling
+    settings = ppo.PPOSettings(rollouts=1, new_tokens=new_tokens, temperature=temperature, top_p=top_p, kl_coef=0.0,
+                               clip_range=1.0)
+    prompts = pd.read_parquet(PROMPTS).sort_values("id").head(cfg.rows)
     prompt_ids, prompt_keys = prompts.prompt_ids.map(list).tolist(), prompts.id.tolist()
-    prompt_len = int(data["prompt_tokens"])
     reward = SentimentReward.load(REWARD_DIR)
     reference, tokenizer = merged_model(GENERATOR_DIR, SFT_ADAPTER)
     label = names()
-    draws, seed = int(cfg["bootstrap"]), int(cfg["seed"])
+    draws, seed = cfg.bootstrap, cfg.seed
     rewards, result = {}, {"rows": len(prompts), "mean_reward": {}, "kl_to_reference": {}, "distinct": {},
                            "reward": "positive-class logit of the sentiment classifier", "names": label}
     for stage, model in policies(reference):
         name = label.get(stage, stage)
-        ids = ppo.rollouts(model, prompt_ids, settings, ppo.rollout_seeds(ppo.public_seed(seed), prompt_keys, 1))
+        ids = ppo.rollouts(model, prompt_ids, settings, ppo.rollout_seeds(ppo.public_seed(seed), prompt_keys, 1)).ids
         continuations = ids[:, prompt_len:]
         rewards[name] = reward.logits(tokenizer.batch_decode(continuations, skip_special_tokens=True))
         kl = ppo.kl_to_reference(ppo.policy_logprobs(model, ids, prompt_len), ppo.policy_logprobs(reference, ids, prompt_len))

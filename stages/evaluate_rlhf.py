@@ -25,6 +25,7 @@ import pandas as pd
 from dpinstruct.alignment.scoring import bootstrap_mean
 from dpinstruct.io import params as P
 from dpinstruct.io.runner import run_stage
+from dpinstruct.io.settings.rlhf import EvaluateRlhf, RlhfPpo
 from dpinstruct.models.loading import GENERATOR_DIR, load_generator
 from dpinstruct.rl import ppo, rlhf
 from dpinstruct.rl.preference_reward import PreferenceReward, accuracy
@@ -57,23 +58,22 @@ def accuracies(draws: int, seed: int) -> dict:
 def evaluate_rlhf(params: dict, out) -> dict:
     from peft import PeftModel
 
-    cfg, train = P.section(P.section(params, "rlhf"), STAGE), params["rlhf"]["rlhf_ppo"]
-    draws, seed = int(cfg["bootstrap"]), int(cfg["seed"])
+    cfg, train = EvaluateRlhf.from_params(params), RlhfPpo.from_params(params)
+    draws, seed = cfg.bootstrap, cfg.seed
     s = rlhf.settings(train)
     s = ppo.PPOSettings(1, s.new_tokens, s.temperature, s.top_p, 0.0, s.clip_range)
     test = pd.read_parquet(TEST, columns=["id", "instruction"]).sort_values("id")
     base, tokenizer = load_generator(GENERATOR_DIR)
-    ids, keep = rlhf.chat_prompts(tokenizer, test.instruction.tolist(), train.get("system_prompt"),
-                                  int(train["max_prompt_tokens"]))
-    test, ids = test[keep].head(int(cfg["rows"])), [p for p, k in zip(ids, keep) if k][:int(cfg["rows"])]
+    ids, keep = rlhf.chat_prompts(tokenizer, test.instruction.tolist(), train.system_prompt, train.max_prompt_tokens)
+    test, ids = test[keep].head(cfg.rows), [p for p, k in zip(ids, keep) if k][:cfg.rows]
     gold = PreferenceReward.load(REWARD_MODELS["gold_reward_model"])
     def generators():  # every policy answers an instruction with the same uniforms
         return ppo.rollout_seeds(ppo.public_seed(seed), test.id.tolist(), 1)
 
     scores, lengths = {}, {}
-    for name in ["base", *train["sources"]]:
+    for name in ["base", *train.sources]:
         model = base if name == "base" else PeftModel.from_pretrained(copy.deepcopy(base), f"{ADAPTERS}/{name}").merge_and_unload()
-        r = rlhf.chat_rollouts(model, ids, s, generators(), eos_id=tokenizer.eos_token_id, pad_id=tokenizer.pad_token_id)
+        r = ppo.rollouts(model, ids, s, generators(), eos_id=tokenizer.eos_token_id, pad_id=tokenizer.pad_token_id)
         scores[name] = gold.scores(test.instruction.tolist(), tokenizer.batch_decode(r.responses, skip_special_tokens=True))
         lengths[name] = float(r.response_mask.sum(1).mean())
         log.info("%s: mean gold reward %.4f, %.1f answer tokens", name, scores[name].mean(), lengths[name])

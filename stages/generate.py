@@ -18,10 +18,11 @@ from dpinstruct.io import params as P
 from dpinstruct.io import quality
 from dpinstruct.io.artifacts import file_digest, table_metadata
 from dpinstruct.io.runner import run_stage
+from dpinstruct.io.settings.generation import Generate, TrainGenerator
 from dpinstruct.models import pool_sampling, sampler
 from dpinstruct.models.loading import GENERATOR_DIR, load_tokenizer
 from dpinstruct.models.lora import merged_model
-from dpinstruct.models.pool_sampling import SCHEMA, check, chunk_seed  # noqa: F401  (the stage's API)
+from dpinstruct.models.pool_sampling import SCHEMA, chunk_seed  # noqa: F401  (the stage's API)
 
 log = logging.getLogger("stages.generate")
 STAGE = "generate"
@@ -32,11 +33,10 @@ METRICS = "metrics/generate.json"
 
 
 def generate(params: dict, out) -> dict:
-    cfg, prompt = P.section(params, STAGE), params["train_generator"]["prompt"]
-    check(cfg)
+    cfg, prompt = Generate.from_params(params), TrainGenerator.read(params, "prompt")
     tokenizer = load_tokenizer(GENERATOR_DIR)
     prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
-    phash = P.params_hash(cfg, prompt)
+    phash = P.params_hash(cfg.raw, prompt)
     # Saved chunks are reused only by the same params, weights and sampling code.
     run_key = P.params_hash(phash, file_digest(ADAPTER_DIR / "adapter_model.safetensors"),
                             file_digest(GENERATOR_DIR / "model.safetensors"), file_digest(__file__),
@@ -46,7 +46,7 @@ def generate(params: dict, out) -> dict:
     df, counts = pool_sampling.parse_pool(chunks, cfg, prompt_ids, tokenizer)
     report = quality.check(df, "generate/pool", quality.table_rules(
         columns=SCHEMA.names, non_null=SCHEMA.names, unique=("instruction",),
-        between={"n_tokens": (cfg["min_tokens"], cfg["max_new_tokens"])}))
+        between={"n_tokens": (cfg.min_tokens, cfg.max_new_tokens)}))
     out.write_parquet(pa.Table.from_pandas(df, preserve_index=False), POOL, SCHEMA,
                       table_metadata(STAGE, phash, "dp", source=str(ADAPTER_DIR)))
     out.write_json(report, quality.report_path("generate/pool"))

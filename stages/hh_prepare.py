@@ -17,12 +17,12 @@ import logging
 
 import pyarrow as pa
 
-from dpinstruct.io import config_checks as checks
 from dpinstruct.io import params as P
 from dpinstruct.io import quality
 from dpinstruct.io.artifacts import table_metadata
-from dpinstruct.io.errors import ConfigError, InputError
+from dpinstruct.io.errors import InputError
 from dpinstruct.io.runner import run_stage
+from dpinstruct.io.settings.rlhf import RlhfData
 from dpinstruct.rl.preferences import SCHEMA, preference_parts, read_pairs
 
 log = logging.getLogger("stages.hh_prepare")
@@ -30,24 +30,16 @@ STAGE = "hh_prepare"
 OUT, METRICS = "data/rlhf/pairs.parquet", "metrics/rlhf/prepare.json"
 
 
-def shares(cfg: dict) -> dict[str, float]:
-    heldout = checks.number(cfg, "heldout_share", "rlhf.data")
-    if not 0 < heldout < 1:
-        raise ConfigError("rlhf.data.heldout_share", f"must be in (0, 1), got {heldout}")
-    return {"reward": 1 - heldout, "heldout": heldout}
-
-
 def hh_prepare(params: dict, out) -> dict:
-    cfg = P.section(P.section(params, "rlhf"), "data")
-    path, parts = checks.path(cfg, "private_path", "rlhf.data"), shares(cfg)
-    checks.integer(cfg, "partition_seed", "rlhf.data")
+    cfg = RlhfData.from_params(params)  # wrong types stop here, before the private file is opened
+    path, parts = cfg.private_path, {"reward": 1 - cfg.heldout_share, "heldout": cfg.heldout_share}
     raw = read_pairs(path)
-    pairs, counts = preference_parts(raw, int(cfg["partition_seed"]), parts)
+    pairs, counts = preference_parts(raw, cfg.partition_seed, parts)
     if pairs.empty:
         raise InputError(path, "no pair compares two answers to one prompt")
     table = pa.Table.from_pandas(pairs[SCHEMA.names], schema=SCHEMA, preserve_index=False)
     report = quality.check(pairs, "rlhf/pairs", quality.table_rules(columns=SCHEMA.names, non_null=SCHEMA.names))
-    out.write_parquet(table, OUT, SCHEMA, table_metadata(STAGE, P.params_hash(cfg), "private", source=str(path)))
+    out.write_parquet(table, OUT, SCHEMA, table_metadata(STAGE, P.params_hash(cfg.raw), "private", source=str(path)))
     out.write_json(report, quality.report_path("rlhf/pairs"))
     metrics = {"read": len(raw), **counts}
     out.write_json(metrics, METRICS)

@@ -10,7 +10,7 @@ secret-keyed stream bound to this run's whole run key (params, inputs, code; rep
 holder only; dpinstruct/privacy/run_key.py) or,
 with privacy.secure_mode, from the OS's CSPRNG (dpinstruct/privacy/randomness.py); never from a seed.
 A non-private run (privacy.epsilon: .inf) releases the exact counts and its ledger says so.
-When the train split names users, the unit is the user: each user's records share ONE vote
+With ``user_level.enabled`` (params; never inferred from the data) the unit is the user: each user's records share ONE vote
 (1/n each, L2 sensitivity still 1; dpinstruct/privacy/user_level.py).
 """
 from __future__ import annotations
@@ -27,6 +27,7 @@ from dpinstruct.io import params as P
 from dpinstruct.io import quality
 from dpinstruct.io.artifacts import read_metadata, read_table, table_metadata
 from dpinstruct.io.runner import run_stage
+from dpinstruct.io.settings.privacy import Histogram, Privacy, UserLevel
 from dpinstruct.privacy import accounting as acct
 from dpinstruct.privacy import dp_count, ledger, user_level
 from dpinstruct.privacy.histogram import exact_counts, release
@@ -48,16 +49,16 @@ INPUTS = (TRAIN_EMBEDDINGS, TRAIN, BUCKETS, dp_count.entry_path(COUNT))
 
 
 def histogram(params: dict, out) -> dict:
-    cfg, privacy = P.section(params, STAGE), P.section(params, "privacy")
+    cfg, privacy, user_cfg = Histogram.from_params(params), Privacy.from_params(params), UserLevel.from_params(params)
     ids, private = embedding_io.read(TRAIN_EMBEDDINGS)
     users = pd.read_parquet(TRAIN, columns=["id", "user_id"]).set_index("id").user_id.reindex(ids)
-    units = user_level.units(users, ids, params.get("user_level"))  # the mode is a param, never the data's
+    units = user_level.units(users, ids, user_cfg.enabled)  # the mode is a param, never the data's
     # Refuses unsafe settings before any counting; the same rule (on the DP count) the generator's plan used.
-    sigma = acct.histogram_noise(params.get("privacy"), params.get(STAGE), dp_count.read(COUNT)[0])
+    sigma = acct.histogram_noise(privacy, cfg, dp_count.read(COUNT)[0])
     buckets = bucketing.from_table(read_table(BUCKETS), read_metadata(BUCKETS)["buckets"])
-    phash = P.params_hash(cfg, privacy, params.get("user_level"))
-    random = DPRandom.for_purpose(f"{STAGE}/noise", *run_key(STAGE, (cfg, privacy, params.get("user_level")), INPUTS),
-                                  privacy=privacy)
+    sections = (cfg.raw, privacy.raw, user_cfg.raw)  # as written: what the artifacts and the stream are bound to
+    phash = P.params_hash(*sections)
+    random = DPRandom.for_purpose(f"{STAGE}/noise", *run_key(STAGE, sections, INPUTS), privacy=privacy)
     secure = not random.replayable
     labels, k = buckets.assign(private), len(buckets.centroids)
     exact = exact_counts(labels, k) if units is None else user_level.user_votes(labels, units, k)
@@ -67,11 +68,10 @@ def histogram(params: dict, out) -> dict:
         columns=SCHEMA.names, id_column="cluster", non_null=SCHEMA.names, between={"noisy_count": (0, None)}))
     out.write_parquet(table, NOISY, SCHEMA, table_metadata(STAGE, phash, "dp", mechanism="gaussian", sigma=sigma))
     out.write_json(report, quality.report_path("histogram/noisy_histogram"))
-    delta = P.as_float(privacy["delta"])
     entry = ledger.make_entry(stage=STAGE, mechanism="gaussian", dataset=DATASET, partition="all",
-                              sensitivity=1.0, delta=delta,
+                              sensitivity=1.0, delta=privacy.delta,
                               event=acct.histogram_event(sigma), secure_mode=secure, params_hash=phash,
-                              neighbouring=user_level.neighbouring(params.get("user_level"), acct.NEIGHBOURING))
+                              neighbouring=user_level.neighbouring(user_cfg.enabled, acct.NEIGHBOURING))
     out.write_json(entry, ledger.entry_path(STAGE))
     # Only DP quantities: the noisy total, never the exact number of private records.
     metrics = {"clusters": len(noisy), "sigma": sigma, "noisy_total": float(noisy.sum()),

@@ -20,12 +20,13 @@ import logging
 
 import pyarrow as pa
 
-from dpinstruct.io import config_checks as checks
 from dpinstruct.io import params as P
 from dpinstruct.io import quality
 from dpinstruct.io.artifacts import table_metadata
-from dpinstruct.io.errors import ConfigError, InputError
+from dpinstruct.io.errors import InputError
 from dpinstruct.io.runner import run_stage
+from dpinstruct.io.settings.models import Models
+from dpinstruct.io.settings.rl import RlData
 from dpinstruct.models.loading import GENERATOR_DIR, load_tokenizer
 from dpinstruct.rl.data import PROMPT_SCHEMA, private_parts, read_reviews
 
@@ -38,32 +39,17 @@ SFT_SCHEMA = pa.schema([pa.field("id", pa.string(), nullable=False), pa.field("t
 PROMPTS_SCHEMA = PROMPT_SCHEMA.append(pa.field("partition", pa.string(), nullable=False))
 
 
-def shares(cfg: dict) -> dict[str, float]:
-    if not isinstance(cfg.get("partitions"), dict):
-        raise ConfigError("rl.data.partitions", f"must map sft and ppo to shares, got {cfg.get('partitions')!r}")
-    parts = {k: checks.number(cfg["partitions"], k, "rl.data.partitions") for k in cfg["partitions"]}
-    if set(parts) != {"sft", "ppo"} or min(parts.values()) <= 0 or abs(sum(parts.values()) - 1) > 1e-9:
-        raise ConfigError("rl.data.partitions", f"need positive shares of sft and ppo summing to 1, got {parts}")
-    return parts
-
-
 def imdb_prepare(params: dict, out) -> dict:
-    cfg = P.section(P.section(params, "rl"), "data")
-    path = checks.path(cfg, "private_path", "rl.data")
-    parts = shares(cfg)
-    for key in ("min_tokens", "prompt_tokens", "sft_tokens", "partition_seed"):
-        checks.integer(cfg, key, "rl.data", minimum=0 if key == "partition_seed" else 1)
-    if not int(cfg["min_tokens"]) >= int(cfg["prompt_tokens"]) >= 1:
-        raise ConfigError("rl.data", f"need min_tokens >= prompt_tokens >= 1, got {cfg['min_tokens']}, "
-                                     f"{cfg['prompt_tokens']}")
+    cfg = RlData.from_params(params)  # wrong types stop here, before the private file is opened
+    path = cfg.private_path
     tokenizer = load_tokenizer(GENERATOR_DIR)
     sft_rows, prompt_rows, metrics = private_parts(
         read_reviews(path), lambda texts: tokenizer(texts, add_special_tokens=False)["input_ids"], tokenizer.decode,
-        min_tokens=int(cfg["min_tokens"]), prompt_tokens=int(cfg["prompt_tokens"]), sft_tokens=int(cfg["sft_tokens"]),
-        seed=int(cfg["partition_seed"]), shares=parts)
+        min_tokens=cfg.min_tokens, prompt_tokens=cfg.prompt_tokens, sft_tokens=cfg.sft_tokens,
+        seed=cfg.partition_seed, shares=cfg.partitions.shares())
     if not prompt_rows:
         raise InputError(path, "no review left after the length filter")
-    phash = P.params_hash(cfg, params["models"]["generator"])
+    phash = P.params_hash(cfg.raw, Models.read(params, "generator"))
     for rows, schema, target, name in ((sft_rows, SFT_SCHEMA, SFT, "sft"),
                                        (prompt_rows, PROMPTS_SCHEMA, PROMPTS, "prompts")):
         table = pa.table(list(zip(*rows)), schema=schema) if rows else schema.empty_table()

@@ -15,8 +15,9 @@ import pyarrow as pa
 from dpinstruct.io import params as P
 from dpinstruct.io import quality
 from dpinstruct.io.artifacts import table_metadata
-from dpinstruct.io.errors import ConfigError
 from dpinstruct.io.runner import run_stage
+from dpinstruct.io.settings.models import Models
+from dpinstruct.io.settings.rl import RlData
 from dpinstruct.models.loading import GENERATOR_DIR, load_tokenizer
 from dpinstruct.rl.data import PROMPT_SCHEMA, opening, read_reviews
 from dpinstruct.text.splits import partition_of
@@ -29,19 +30,17 @@ REWARD_SCHEMA = pa.schema([pa.field("id", pa.string(), nullable=False), pa.field
 
 
 def imdb_public(params: dict, out) -> dict:
-    cfg = P.section(P.section(params, "rl"), "data")
-    path, share = cfg["public_path"], P.as_float(cfg["reward_share"])
-    if not 0 < share < 1:
-        raise ConfigError("rl.data.reward_share", f"must be in (0, 1), got {cfg['reward_share']!r}")
+    cfg = RlData.from_params(params)
+    path, share = cfg.public_path, cfg.reward_share
     reviews = read_reviews(path)
-    part = reviews.id.map(lambda i: partition_of(i, int(cfg["public_seed"]), {"reward": share, "eval": 1 - share}))
+    part = reviews.id.map(lambda i: partition_of(i, cfg.public_seed, {"reward": share, "eval": 1 - share}))
     reward = reviews[part == "reward"].reset_index(drop=True)
     tokenizer = load_tokenizer(GENERATOR_DIR)
     evaluation = reviews[part == "eval"].reset_index(drop=True)
     ids = tokenizer(evaluation.text.tolist(), add_special_tokens=False)["input_ids"]
-    rows = [(r.id, tokenizer.decode(opening(t, int(cfg["prompt_tokens"]))), opening(t, int(cfg["prompt_tokens"])))
-            for r, t in zip(evaluation.itertuples(), ids) if len(t) >= int(cfg["min_tokens"])]
-    phash = P.params_hash(cfg, params["models"]["generator"])
+    rows = [(r.id, tokenizer.decode(opening(t, cfg.prompt_tokens)), opening(t, cfg.prompt_tokens))
+            for r, t in zip(evaluation.itertuples(), ids) if len(t) >= cfg.min_tokens]
+    phash = P.params_hash(cfg.raw, Models.read(params, "generator"))
     for table, schema, target, name in ((pa.Table.from_pandas(reward, preserve_index=False), REWARD_SCHEMA, REWARD,
                                          "reward_reviews"),
                                         (pa.table(list(zip(*rows)), schema=PROMPT_SCHEMA), PROMPT_SCHEMA, EVAL, "eval_prompts")):

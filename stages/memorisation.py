@@ -15,8 +15,9 @@ import logging
 import pandas as pd
 
 from dpinstruct.io import params as P
-from dpinstruct.io.errors import ConfigError, QualityError
+from dpinstruct.io.errors import QualityError
 from dpinstruct.io.runner import run_stage
+from dpinstruct.io.settings.evaluation import Memorisation
 from dpinstruct.text.memorisation import PrivateIndex
 
 log = logging.getLogger("stages.memorisation")
@@ -26,17 +27,9 @@ SETS = {"release": "data/release/instructions.parquet", "pool": "data/generated/
 METRICS = "metrics/memorisation.json"
 
 
-def settings(cfg: dict) -> tuple[int, int | None]:
-    n, limit = cfg.get("ngram_n"), cfg.get("max_release_matches")
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise ConfigError(f"{STAGE}.ngram_n", f"must be an integer >= 1, got {n!r}")
-    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 0):
-        raise ConfigError(f"{STAGE}.max_release_matches", f"must be null or an integer >= 0, got {limit!r}")
-    return n, limit
-
-
 def memorisation(params: dict, out) -> dict:
-    n, limit = settings(P.section(params, STAGE))
+    cfg = Memorisation.from_params(params)
+    n, limit = cfg.ngram_n, cfg.max_release_matches
     index = PrivateIndex(pd.read_parquet(TRAIN, columns=["instruction"]).instruction.tolist(), n)
     metrics = {"ngram_n": n, "max_release_matches": limit}
     for name, path in SETS.items():

@@ -14,6 +14,7 @@ import shutil
 
 from dpinstruct.io import params as P
 from dpinstruct.io.runner import run_stage
+from dpinstruct.io.settings.models import Models
 from dpinstruct.models.loading import (
     EMBEDDER_DIR,
     GENERATOR_DIR,
@@ -25,16 +26,16 @@ from dpinstruct.models.loading import (
 log = logging.getLogger("stages.models")
 
 
-def materialise_generator(cfg: dict, out) -> None:
-    model, tokenizer = load_source_generator(cfg["generator"], cfg.get("generator_gguf_file"))
+def materialise_generator(cfg: Models, out) -> None:
+    model, tokenizer = load_source_generator(cfg.generator, cfg.generator_gguf_file)
     target = out.path(GENERATOR_DIR)
     model.save_pretrained(target)
     tokenizer.save_pretrained(target)
     log.info("generator: %.1fM parameters saved to %s", model.num_parameters() / 1e6, GENERATOR_DIR)
 
 
-def materialise_embedder(cfg: dict, out) -> None:
-    spec = cfg["embedder"]
+def materialise_embedder(cfg: Models, out) -> None:
+    spec = cfg.embedder
     target = out.path(EMBEDDER_DIR)
     if spec.startswith(PACKAGE_PREFIX):
         # The package folder is already a sentence-transformers folder; copy it byte for byte.
@@ -47,7 +48,7 @@ def materialise_embedder(cfg: dict, out) -> None:
 
 
 def main() -> None:
-    cfg = P.section(P.load(), "models")
+    cfg = Models.from_params(P.load())
     with run_stage("models") as out:
         materialise_generator(cfg, out)
         materialise_embedder(cfg, out)

@@ -17,6 +17,8 @@ import pyarrow as pa
 from dpinstruct.io import params as P
 from dpinstruct.io.artifacts import table_metadata
 from dpinstruct.io.runner import run_stage
+from dpinstruct.io.settings.models import Models
+from dpinstruct.io.settings.rlhf import Features
 from dpinstruct.rl.preference_reward import Backbone
 
 log = logging.getLogger("stages.preference_features")
@@ -36,7 +38,7 @@ def preference_features(params: dict, out) -> int:
     table = pa.table({"id": pairs.id, "partition": pairs.partition,
                       "chosen": list(chosen.astype(np.float32)), "rejected": list(rejected.astype(np.float32))},
                      schema=SCHEMA)
-    phash = P.params_hash(P.section(params["rlhf"], "features"), params["models"]["embedder"])
+    phash = P.params_hash(Features.from_params(params).raw, Models.read(params, "embedder"))
     out.write_parquet(table, OUT, SCHEMA, table_metadata(STAGE, phash, "private"))
     return len(pairs)
 

@@ -11,13 +11,14 @@ import logging
 
 import pyarrow as pa
 
-from dpinstruct.io import config_checks as checks
 from dpinstruct.io import params as P
 from dpinstruct.io import quality
 from dpinstruct.io.artifacts import table_metadata
 from dpinstruct.io.runner import run_stage
+from dpinstruct.io.settings.data import Cleaning, Data, PreparePublic
+from dpinstruct.io.settings.models import Models
 from dpinstruct.models.loading import GENERATOR_DIR, load_tokenizer
-from dpinstruct.text.cleaning import FILTER_KEYS, SCHEMA, clean, rules
+from dpinstruct.text.cleaning import SCHEMA, clean, rules
 
 log = logging.getLogger("stages.prepare_public")
 STAGE = "prepare_public"
@@ -26,20 +27,15 @@ METRICS = "metrics/prepare_public.json"
 
 
 def prepare_public(params: dict, out) -> dict:
-    path = P.section(params, "data")["public_path"]
-    filters = {k: P.section(params, "prepare")[k] for k in FILTER_KEYS}
-    cfg = P.section(params, STAGE)
-    checks.path(P.section(params, "data"), "public_path", "data")
-    filters = {**filters, **checks.cleaning(filters, "prepare")}  # checked types: 10.0 -> 10
-    checks.integer(cfg, "size", STAGE, minimum=1, nullable=True)
-    checks.integer(cfg, "seed", STAGE)
+    path, cleaning = Data.read(params, "public_path"), Cleaning.from_params(params)
+    cfg = PreparePublic.from_params(params)
     tokenizer = load_tokenizer(GENERATOR_DIR)
-    public, counts = clean(path, tokenizer, filters, per_unit=False)
-    if cfg.get("size"):  # a seeded sample: the public set only serves as a baseline and for evaluation
-        public = public.sample(n=min(int(cfg["size"]), len(public)), random_state=int(cfg["seed"])).sort_index()
-    report = quality.check(public, f"{STAGE}/public", rules(public, filters))
-    meta = table_metadata(STAGE, P.params_hash(path, filters, cfg, params["models"]["generator"]), "public",
-                          split="public", source=str(path))
+    public, counts = clean(path, tokenizer, cleaning, per_unit=False)
+    if cfg.size:  # a seeded sample: the public set only serves as a baseline and for evaluation
+        public = public.sample(n=min(cfg.size, len(public)), random_state=cfg.seed).sort_index()
+    report = quality.check(public, f"{STAGE}/public", rules(public, cleaning))
+    meta = table_metadata(STAGE, P.params_hash(path, cleaning.raw, cfg.raw, Models.read(params, "generator")),
+                          "public", split="public", source=str(path))
     out.write_parquet(pa.Table.from_pandas(public, preserve_index=False), OUT, SCHEMA, meta)
     out.write_json(report, quality.report_path(f"{STAGE}/public"))
     metrics = {**counts, "written": len(public)}

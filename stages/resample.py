@@ -22,8 +22,9 @@ from dpinstruct.embeddings.resampling import draw, members, quotas
 from dpinstruct.io import params as P
 from dpinstruct.io import quality
 from dpinstruct.io.artifacts import table_metadata
-from dpinstruct.io.errors import ConfigError, InputError
+from dpinstruct.io.errors import InputError
 from dpinstruct.io.runner import run_stage
+from dpinstruct.io.settings.algorithm2 import Resample
 
 log = logging.getLogger("stages.resample")
 STAGE = "resample"
@@ -37,30 +38,25 @@ METRICS = "metrics/resample.json"
 
 
 def resample(params: dict, out) -> dict:
-    cfg = P.section(params, STAGE)
+    cfg = Resample.from_params(params)
     pool = pd.read_parquet(POOL, columns=["id", "instruction"])
     assigned = pd.read_parquet(ASSIGNMENTS)
     if not pool.id.equals(assigned.id):
         raise InputError(ASSIGNMENTS, "ids do not match the pool row for row: re-run `dvc repro cluster`", field="id")
     noisy = pd.read_parquet(NOISY).sort_values("cluster").noisy_count.to_numpy()
-    target = cfg.get("target_size")
-    target = int(round(noisy.sum())) if target is None else int(target)
-    share = P.as_float(cfg["max_pool_share"])
-    if target < 0 or not 0 < share <= 1:
-        raise ConfigError("resample", f"target_size must be >= 0 or null and max_pool_share in (0, 1], got "
-                                      f"{cfg.get('target_size')!r}, {cfg['max_pool_share']!r}")
-    requested, target = target, min(target, int(share * len(pool)))
+    target = int(round(noisy.sum())) if cfg.target_size is None else cfg.target_size
+    requested, target = target, min(target, int(cfg.max_pool_share * len(pool)))
     want = quotas(noisy, target)
     labels = assigned.cluster.to_numpy()
-    rows, got = draw(members(labels), want, np.random.default_rng(int(cfg["seed"])))
+    rows, got = draw(members(labels), want, np.random.default_rng(cfg.seed))
     release = pool.iloc[rows].assign(cluster=labels[rows].astype(np.int32)).reset_index(drop=True)
     report = quality.check(release, "resample/instructions", quality.table_rules(
         columns=SCHEMA.names, non_null=SCHEMA.names, unique=("instruction",)))
     out.write_parquet(pa.Table.from_pandas(release, preserve_index=False), RELEASE, SCHEMA,
-                      table_metadata(STAGE, P.params_hash(cfg), "dp"))
+                      table_metadata(STAGE, P.params_hash(cfg.raw), "dp"))
     out.write_json(report, quality.report_path("resample/instructions"))
     short = want > got
-    metrics = {"target_size": target, "target_from": "noisy_total" if cfg.get("target_size") is None else "params",
+    metrics = {"target_size": target, "target_from": "noisy_total" if cfg.target_size is None else "params",
                "target_requested": requested, "capped_by_max_pool_share": target < requested,
                "allocated": int(want.sum()), "released": len(release), "shortfall": int((want - got).sum()),
                "short_clusters": int(short.sum()), "clusters": len(want), "pool_size": len(pool)}

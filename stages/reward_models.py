@@ -21,6 +21,7 @@ from tqdm import tqdm
 
 from dpinstruct.io import params as P
 from dpinstruct.io.runner import run_stage
+from dpinstruct.io.settings.rlhf import DpRewardModel
 from dpinstruct.privacy.randomness import DPRandom
 from dpinstruct.rl import bradley_terry as bt
 from dpinstruct.rl.preference_reward import Backbone, PreferenceReward
@@ -34,18 +35,18 @@ MODELS = {"reference": ("data/models/reward_reference", ["reward"]),
 
 
 def reward_models(params: dict, out) -> None:
-    cfg = params["rlhf"]["dp_reward_model"]  # the recipe of the DP model, without its privacy
+    cfg = DpRewardModel.from_params(params)  # the recipe of the DP model, without its privacy
     features = pd.read_parquet(FEATURES)
     for name, (folder, parts) in MODELS.items():
         pair_deltas = bt.deltas(features[features.partition.isin(parts)])
-        stream = DPRandom(hashlib.sha256(f"{STAGE}/{name}/{cfg['seed']}".encode()).digest())  # public: not DP
-        torch.manual_seed(int(cfg["seed"]))
+        stream = DPRandom(hashlib.sha256(f"{STAGE}/{name}/{cfg.seed}".encode()).digest())  # public: not DP
+        torch.manual_seed(cfg.seed)
         head = bt.BradleyTerryHead(pair_deltas.shape[1])
-        dp = DPAdam(head, lr=P.as_float(cfg["lr"]), noise_multiplier=0.0, clip_norm=math.inf,
+        dp = DPAdam(head, lr=cfg.lr, noise_multiplier=0.0, clip_norm=math.inf,
                     # exact q x N: a private, evaluation-only model (never published)
-                    expected_batch_size=P.as_float(cfg["sampling_rate"]) * len(pair_deltas), noise=stream)
-        bt.train_head(dp, pair_deltas, stream, P.as_float(cfg["sampling_rate"]),
-                      tqdm(range(int(cfg["steps"])), desc=f"{name} reward model steps", unit="step"))
+                    expected_batch_size=cfg.sampling_rate * len(pair_deltas), noise=stream)
+        bt.train_head(dp, pair_deltas, stream, cfg.sampling_rate,
+                      tqdm(range(cfg.steps), desc=f"{name} reward model steps", unit="step"))
         PreferenceReward(Backbone.from_params(params), bt.head_weight(head)).save(
             out.path(folder), trained_on=f"hh_rlhf parts {parts}, NOT private: evaluation only")
         log.info("%s reward model trained on %s", name, parts)

@@ -15,6 +15,7 @@ import pandas as pd
 from dpinstruct.io import params as P
 from dpinstruct.io.errors import InputError
 from dpinstruct.io.runner import run_stage
+from dpinstruct.io.settings.rl import RlData, SentimentReward
 from dpinstruct.rl import reward
 
 log = logging.getLogger("stages.sentiment_reward")
@@ -29,26 +30,26 @@ def snippet(text: str, skip: int, words: int) -> str:
 
 
 def sentiment_reward(params: dict, out) -> dict:
-    cfg, data = P.section(P.section(params, "rl"), STAGE), params["rl"]["data"]
+    cfg, prompt_tokens = SentimentReward.from_params(params), RlData.read(params, "prompt_tokens")
     reviews = pd.read_parquet(REVIEWS)
-    need = int(cfg["rows"]) + int(cfg["heldout"])
+    need = cfg.rows + cfg.heldout
     if len(reviews) < need:
         raise InputError(REVIEWS, f"{len(reviews)} reward reviews, fewer than rows + heldout = {need}")
-    picked = reviews.sample(n=need, random_state=int(cfg["seed"])).reset_index(drop=True)
-    train, heldout = picked.iloc[:int(cfg["rows"])], picked.iloc[int(cfg["rows"]):]
+    picked = reviews.sample(n=need, random_state=cfg.seed).reset_index(drop=True)
+    train, heldout = picked.iloc[:cfg.rows], picked.iloc[cfg.rows:]
     log.info("fitting on %d public reviews, measuring on %d others", len(train), len(heldout))
-    model = reward.fit(train.text.tolist(), train.label.to_numpy(), c=P.as_float(cfg["c"]), min_df=int(cfg["min_df"]))
+    model = reward.fit(train.text.tolist(), train.label.to_numpy(), c=cfg.c, min_df=cfg.min_df)
     folder = out.path(MODEL_DIR)
     model.save(folder)
     model = reward.SentimentReward.load(folder)  # measure exactly what later stages load
-    snippets = [snippet(t, int(data["prompt_tokens"]), int(cfg["snippet_words"])) for t in heldout.text]
+    snippets = [snippet(t, prompt_tokens, cfg.snippet_words) for t in heldout.text]
     metrics = {"rows": len(train), "heldout": len(heldout), "reward": "positive-class logit",
                "features": len(model.vocabulary),
                "accuracy": float(((model.logits(heldout.text.tolist()) > 0) == heldout.label.to_numpy()).mean()),
                "snippet_accuracy": float(((model.logits(snippets) > 0) == heldout.label.to_numpy()).mean())}
     out.write_json(metrics, METRICS)
     log.info("sentiment reward: accuracy %.3f on held-out reviews, %.3f on %d-word snippets", metrics["accuracy"],
-             metrics["snippet_accuracy"], int(cfg["snippet_words"]))
+             metrics["snippet_accuracy"], cfg.snippet_words)
     return metrics
 
 

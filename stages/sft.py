@@ -20,6 +20,7 @@ from dpinstruct.io import params as P
 from dpinstruct.io.artifacts import read_metadata
 from dpinstruct.io.errors import ConfigError
 from dpinstruct.io.runner import run_stage
+from dpinstruct.io.settings.alignment import Sft
 from dpinstruct.models.loading import GENERATOR_DIR, load_tokenizer
 
 log = logging.getLogger("stages.sft")
@@ -39,17 +40,13 @@ def live_dir(name: str) -> Path:
     return Path(f"dvclive/sft/{name}")
 
 
-def settings(cfg: dict) -> SFTSettings:
-    s = SFTSettings(examples=int(cfg["examples"]), steps=int(cfg["steps"]), batch_size=int(cfg["batch_size"]),
-                    lr=P.as_float(cfg["lr"]), max_length=int(cfg["max_length"]), lora=dict(cfg["lora"]),
-                    seed=int(cfg["seed"]))
-    if min(s.examples, s.steps, s.batch_size, s.max_length) < 1 or not s.lr > 0:
-        raise ConfigError("sft", f"examples, steps, batch_size, max_length must be >= 1 and lr > 0; got {cfg}")
-    return s
+def settings(cfg: Sft) -> SFTSettings:
+    return SFTSettings(examples=cfg.examples, steps=cfg.steps, batch_size=cfg.batch_size, lr=cfg.lr,
+                       max_length=cfg.max_length, lora=cfg.lora, seed=cfg.seed)
 
 
-def student_dir(cfg: dict) -> str:
-    return str(GENERATOR_DIR) if cfg["student"] == "generator" else cfg["student"]
+def student_dir(cfg: Sft) -> str:
+    return str(GENERATOR_DIR) if cfg.student == "generator" else cfg.student
 
 
 def sft(name: str, params: dict, out) -> dict:
@@ -57,7 +54,7 @@ def sft(name: str, params: dict, out) -> dict:
 
     if name not in SETS:
         raise ConfigError("stage argument", f"unknown instruction set {name!r}; one of {list(SETS)}")
-    cfg = P.section(params, STAGE)
+    cfg = Sft.from_params(params)
     s = settings(cfg)
     source = annotated(name)
     privacy = read_metadata(source).get("privacy")

@@ -1,11 +1,12 @@
 """Stage `summary`: the few figures a person compares across runs, as the pipeline's DVC metrics.
 
-``dvc metrics show`` and ``dvc exp show`` read only metrics/summary.json (the stages' full reports
-stay plain outputs beside it): the composed epsilon and delta of each private dataset, the rows
-released, and for utility the DP pool's yield (kept / sampled), the DP generator's per-token NLL on
-val and the MAUVE of each set against test, each with the base generator's value beside it and the
-half-width of its interval (``*_pm``, at ``evaluate.confidence``; intervals: stages/evaluate.py and
-stages/val_nll.py). Numbers are rounded to 4 significant digits, which is finer than any interval.
+``dvc metrics show`` and ``dvc exp show`` read only metrics/summary.json, one row that fits 120
+columns: the composed epsilon of each private dataset (``eps``) and the largest delta of any, the
+rows released, the release's MAUVE against test with the half-width of its interval (``mauve_pm``,
+at ``evaluate.confidence``) and the DP generator's per-token NLL on val. Everything else
+(per-set MAUVE, the pool's yield, the base generator's values, the intervals themselves) stays in
+the stages' full reports beside it: metrics/eval.json, metrics/val_nll.json, metrics/privacy.json.
+Numbers are rounded to 4 significant digits, which is finer than any interval.
 
 Privacy class: private (it repeats evaluation figures computed on private splits).
 """
@@ -36,18 +37,13 @@ def _pm(interval: dict) -> float:
 
 def summarise(reports: dict) -> dict:
     datasets, ev, nll = reports["privacy"]["datasets"], reports["eval"], reports["val_nll"]
-    mauve = ev["mauve"]
+    release = ev["mauve"]["release"]
     return finite({  # strict JSON: a non-private run's epsilon is written "inf", as in the ledger
-        "epsilon": {name: _r(d["epsilon"]) for name, d in sorted(datasets.items())},
-        "delta": {name: d["delta"] for name, d in sorted(datasets.items())},
+        "eps": {name: _r(d["epsilon"]) for name, d in sorted(datasets.items())},
+        "delta": max(d["delta"] for d in datasets.values()),
         "released": reports["resample"]["released"],
-        "yield": {"dp": _r(ev["yield"]["pool"]["mean"]), "dp_pm": _pm(ev["yield"]["pool"]),
-                  "base": _r(ev["yield"]["base"]["mean"])},
-        "nll": {"dp": _r(nll["dp"]["mean"]), "dp_pm": _pm(nll["dp"]), "base": _r(nll["base"]["mean"])},
-        "mauve": {"release": _r(mauve["release"]["mauve"]), "release_pm": _pm(mauve["release"]),
-                  "pool": _r(mauve["pool"]["mauve"]), "pool_pm": _pm(mauve["pool"]),
-                  "base": _r(mauve["base"]["mauve"]), "train": _r(mauve["train"]["mauve"]),
-                  "public": _r(mauve["public"]["mauve"])},
+        "mauve": _r(release["mauve"]), "mauve_pm": _pm(release),
+        "nll": _r(nll["dp"]["mean"]),  # its interval (metrics/val_nll.json) would push the row past 120 columns
     })
 
 

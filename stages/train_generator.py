@@ -3,8 +3,8 @@
 Budget first: before touching the model, the noise multiplier is calibrated so that the COMPOSED
 epsilon of this stage's T Poisson-subsampled Gaussian steps and the one Gaussian histogram of
 Algorithm 2 meets privacy.epsilon at privacy.delta; unsafe or impossible settings stop here.
-The privacy unit is the record, or the user when the train split has ``user_id``s
-(dpinstruct/privacy/user_level.py; ``user_level.max_records_per_user`` then applies).
+The privacy unit is the record, or the user with ``user_level.enabled`` (a param, never inferred
+from the data; dpinstruct/privacy/user_level.py; ``user_level.max_records_per_user`` then applies).
 Output: the peft adapter (data/adapters/generator, class dp), the ledger entry
 metrics/privacy/train_generator.json and DVCLive curves (loss, epsilon spent). Checkpoints in
 data/checkpoints/train_generator let a killed run resume bit-identically. Poisson sampling and the
@@ -22,36 +22,31 @@ import pandas as pd
 
 from dpinstruct.io import params as P
 from dpinstruct.io.runner import run_stage
-from dpinstruct.models.loading import GENERATOR_DIR
+from dpinstruct.io.settings.privacy import UserLevel
 from dpinstruct.models.lora import save_adapter
 from dpinstruct.privacy import dp_count, ledger, user_level
 from dpinstruct.privacy.run_key import run_key
 from dpinstruct.training import dp_generator
 
 log = logging.getLogger("stages.train_generator")
-TRAIN = Path("data/prepared/train.parquet")
 ADAPTER_DIR = Path("data/adapters/generator")
 CHECKPOINT_DIR = Path("data/checkpoints/train_generator")
 LIVE_DIR = Path("dvclive/train_generator")
-COUNT = "instructions"    # its DP count (stage dp_count@instructions)
-# Every file or folder the stage reads: bound into its DP streams (a test checks dvc.yaml's deps agree).
-INPUTS = (TRAIN, GENERATOR_DIR, dp_count.entry_path(COUNT))
-STAGE = dp_generator.STAGE
+STAGE, TRAIN, COUNT, INPUTS = dp_generator.STAGE, dp_generator.TRAIN, dp_generator.COUNT, dp_generator.INPUTS
 
 
 def train(params: dict, out) -> dict:
+    users, sections = UserLevel.from_params(params), dp_generator.sections(params)
     train_split = pd.read_parquet(TRAIN, columns=["id", "instruction", "user_id"])
-    units = user_level.units(train_split.user_id, train_split.id, params.get("user_level"))
-    phash = P.params_hash(params[STAGE], params.get("privacy"), params.get("histogram"), params.get("user_level"))
+    units = user_level.units(train_split.user_id, train_split.id, users.enabled)
     noisy_count, count_component, _ = dp_count.read(COUNT)
     fitted = dp_generator.fit(
         params, train_split.instruction.tolist(), units=units, noisy_count=noisy_count,
-        count_component=count_component,
-        run_key=run_key(STAGE, (params[STAGE], params.get("privacy"), params.get("histogram"), params.get("user_level")),
-                        INPUTS), checkpoint_dir=CHECKPOINT_DIR, live_dir=LIVE_DIR)
+        count_component=count_component, run_key=run_key(STAGE, sections, INPUTS), checkpoint_dir=CHECKPOINT_DIR,
+        live_dir=LIVE_DIR)
     save_adapter(fitted.model, out.path(ADAPTER_DIR))
-    entry = fitted.mechanism.ledger_entry(params_hash=phash, **({} if units is None else {
-        "max_records_per_user": user_level.max_records(params.get("user_level"))}))
+    entry = fitted.mechanism.ledger_entry(params_hash=P.params_hash(*sections), **({} if units is None else {
+        "max_records_per_user": users.max_records_per_user}))
     out.write_json(entry, ledger.entry_path(STAGE))
     log.info("epsilon of this stage alone: %s (PRV %s); planned release epsilon %.3f", entry["epsilon"],
              entry["epsilon_prv"], fitted.plan.composed_epsilon)

@@ -23,6 +23,8 @@ from dpinstruct.evaluation.intervals import bootstrap_ratio
 from dpinstruct.io import params as P
 from dpinstruct.io.artifacts import table_metadata
 from dpinstruct.io.runner import run_stage
+from dpinstruct.io.settings.evaluation import Evaluate
+from dpinstruct.io.settings.generation import TrainGenerator
 from dpinstruct.models.instruction_loss import record_nll
 from dpinstruct.models.loading import GENERATOR_DIR, load_generator
 from dpinstruct.models.lora import merged_model
@@ -38,15 +40,15 @@ SCHEMA = pa.schema([("dp_nll", pa.float64()), ("base_nll", pa.float64()), ("toke
 
 
 def val_nll(params: dict, out) -> dict:
-    gen, cfg = params["train_generator"], P.section(params, "evaluate")
+    (prompt, max_seq_len), cfg = TrainGenerator.read(params, "prompt", "max_seq_len"), Evaluate.from_params(params)
     texts = pd.read_parquet(VAL, columns=["instruction"]).instruction.tolist()
     nll = {}
     for name, load in (("base", lambda: load_generator(GENERATOR_DIR)),
                        ("dp", lambda: merged_model(GENERATOR_DIR, ADAPTER_DIR))):
         model, tokenizer = load()
-        examples, prompt_len, skipped = build_examples(tokenizer, texts, gen["prompt"], gen["max_seq_len"])
+        examples, prompt_len, skipped = build_examples(tokenizer, texts, prompt, max_seq_len)
         nll[name], tokens = record_nll(model.eval(), examples, prompt_len, tokenizer.pad_token_id, "val NLL")
-    boot = {"resamples": int(cfg["bootstrap"]), "seed": int(cfg["seed"]), "confidence": float(cfg["confidence"])}
+    boot = {"resamples": cfg.bootstrap, "seed": cfg.seed, "confidence": cfg.confidence}
     result = {"records": len(examples), "skipped_too_long": skipped, "tokens": int(tokens.sum()),
               "confidence": boot["confidence"], "bootstrap": boot["resamples"],
               "dp": bootstrap_ratio(nll["dp"], tokens, **boot), "base": bootstrap_ratio(nll["base"], tokens, **boot),
@@ -55,7 +57,7 @@ def val_nll(params: dict, out) -> dict:
              result["dp"]["mean"], result["dp"]["lo"], result["dp"]["hi"], result["base"]["mean"],
              *(result["dp_minus_base"][k] for k in ("mean", "lo", "hi")), len(examples))
     table = pa.table({"dp_nll": nll["dp"], "base_nll": nll["base"], "tokens": tokens.astype(np.int32)}, schema=SCHEMA)
-    out.write_parquet(table, RECORDS, SCHEMA, table_metadata(STAGE, P.params_hash(cfg, gen["prompt"], gen["max_seq_len"]),
+    out.write_parquet(table, RECORDS, SCHEMA, table_metadata(STAGE, P.params_hash(cfg.raw, prompt, max_seq_len),
                                                              "private", source=str(VAL)))
     out.write_json(result, METRICS)
     return result

@@ -66,6 +66,7 @@ def generator_dir(tmp_path_factory, repo_params) -> Path:
     from filelock import FileLock
 
     from dpinstruct.io.artifacts import Outputs
+    from dpinstruct.io.settings.models import Models
     from stages.models import materialise_generator
 
     if os.environ.get("PYTEST_XDIST_WORKER"):
@@ -79,7 +80,7 @@ def generator_dir(tmp_path_factory, repo_params) -> Path:
             os.chdir(root)
             try:
                 with Outputs() as out:
-                    materialise_generator(repo_params["models"], out)
+                    materialise_generator(Models.from_params(repo_params), out)
             finally:
                 os.chdir(cwd)
             (root / ".complete").touch()

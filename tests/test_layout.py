@@ -82,12 +82,27 @@ def test_code_deps_are_exactly_the_import_closure():
 
 def test_the_deps_writer_restores_a_dropped_dep_and_drops_a_stale_one(copy):
     text = (copy / "dvc.yaml").read_text()
-    assert "      - dpinstruct/embeddings/resampling.py\n" in text
-    (copy / "dvc.yaml").write_text(text.replace("      - dpinstruct/embeddings/resampling.py\n",
-                                                "      - dpinstruct/text/stats.py\n", 1))
+    assert "deps: [stages/resample.py, dpinstruct/embeddings, dpinstruct/io, " in text
+    (copy / "dvc.yaml").write_text(text.replace("deps: [stages/resample.py, dpinstruct/embeddings, dpinstruct/io, ",
+                                                "deps: [stages/resample.py, dpinstruct/io, dpinstruct/text, ", 1))
     assert layout.write_code_deps(copy, check=True) == ["resample"]
     assert layout.write_code_deps(copy) == ["resample"]
     assert (copy / "dvc.yaml").read_text() == text and layout.problems(copy) == []
+
+
+def test_code_deps_are_whole_packages_and_cover_a_new_sibling_module(copy):
+    assert layout.code_deps(copy, "resample") == ["stages/resample.py", "dpinstruct/embeddings", "dpinstruct/io"]
+    # a new module in a package the stage already depends on needs no edit of dvc.yaml
+    (copy / "dpinstruct/embeddings/extra.py").write_text("X = 1\n")
+    lib = copy / "dpinstruct/embeddings/resampling.py"
+    lib.write_text(lib.read_text().replace("import numpy as np\n", "import numpy as np\n\nfrom dpinstruct.embeddings import extra\n", 1))
+    assert layout.write_code_deps(copy, check=True) == [] and layout.problems(copy) == []
+
+
+def test_flow_lists_wrap_and_quote_templated_items():
+    lines = layout.flow_list("deps", ["stages/x.py", "${item.input}"] + [f"data/{i:03d}.parquet" for i in range(12)], "    ")
+    assert all(len(line) <= layout.DEPS_WIDTH for line in lines) and len(lines) > 1
+    assert yaml.safe_load("\n".join(line.strip() for line in lines))["deps"][1] == "${item.input}"
 
 
 def test_a_stage_without_its_module_is_caught(copy):

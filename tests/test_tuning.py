@@ -20,6 +20,7 @@ import yaml
 from dpinstruct import cli
 from dpinstruct.io.artifacts import table_metadata, write_parquet
 from dpinstruct.io.errors import ConfigError, InputError
+from dpinstruct.io.settings.rl import DpPpo
 from dpinstruct.models.loading import load_tokenizer
 from dpinstruct.rl.data import PROMPT_SCHEMA
 from dpinstruct.text.cleaning import SCHEMA
@@ -167,11 +168,12 @@ def test_per_prompt_norms_are_the_gradients_dpadam_clips(generator_dir):
     mean loss over its rollouts), with a non-zero adapter so that every LoRA matrix has a gradient."""
     from opacus import GradSampleModule
 
+    from dpinstruct.io.settings.models import Lora
     from dpinstruct.models.loading import load_generator
     from dpinstruct.models.lora import lora_model
     from dpinstruct.rl import ppo
 
-    lora = {"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": ["q_proj", "v_proj"], "layers": [28, 29]}
+    lora = Lora(r=4, alpha=8, dropout=0.0, target_modules=["q_proj", "v_proj"], layers=[28, 29])
     s = ppo.PPOSettings(rollouts=2, new_tokens=4, temperature=1.0, top_p=1.0, kl_coef=0.05, clip_range=0.2)
     torch.manual_seed(0)
     policy, tok = lora_model(load_generator(generator_dir), lora)
@@ -204,7 +206,7 @@ def test_per_prompt_norms_are_the_gradients_dpadam_clips(generator_dir):
 def test_the_ppo_settings_are_the_stages(repo_params):
     from stages import dp_ppo
 
-    cfg = repo_params["rl"]["dp_ppo"]
+    cfg = DpPpo.from_params(repo_params)
     assert tuning.ppo_settings(cfg) == dp_ppo.settings(cfg)
 
 

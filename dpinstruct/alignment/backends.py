@@ -5,7 +5,7 @@ order. ``BACKENDS`` maps the params value (``local`` | ``openai``) to the class.
 
 * ``local``: any Hugging Face causal LM folder or id (default: the materialised base generator),
   its chat template applied, decoded in batches on the project's fast sampler
-  (``batch_sampler.sample_prompts``). Requests are sorted by prompt length and cut into fixed chunks,
+  (``sampler.sample``). Requests are sorted by prompt length and cut into fixed chunks,
   chunk c drawn with a seed derived from (seed, c) and saved whole, so a killed run resumes at the
   first missing chunk and produces what an uninterrupted run would.
 * ``openai``: the official ``openai`` client against ``base_url`` (vLLM, TGI, llama.cpp server,
@@ -64,15 +64,6 @@ class _NotSent(Exception):
     """A request skipped because another one already failed for good."""
 
 
-def decoding(cfg: dict) -> dict:
-    """The decoding params of a backend section: temperature (0 = greedy), top_p, max_new_tokens."""
-    out = {"temperature": float(cfg["temperature"]), "top_p": float(cfg["top_p"]),
-           "max_new_tokens": int(cfg["max_new_tokens"])}
-    if out["temperature"] < 0 or not 0 < out["top_p"] <= 1 or out["max_new_tokens"] < 1:
-        raise ConfigError("decoding", f"need temperature >= 0, top_p in (0, 1], max_new_tokens >= 1; got {out}")
-    return out
-
-
 class _Progress:
     """A tqdm bar with requests/s and tokens/s."""
 
@@ -125,7 +116,7 @@ class LocalChatBackend:
 
         from dpinstruct.io.chunk_store import ChunkStore
         from dpinstruct.io.params import params_hash
-        from dpinstruct.models import batch_sampler
+        from dpinstruct.models import sampler
 
         if not requests:
             return []
@@ -134,7 +125,7 @@ class LocalChatBackend:
         chunks = [order[i:i + self.batch_size] for i in range(0, len(order), self.batch_size)]
         # Saved chunks are reused only for the same requests, model, decoding and sampling code.
         run_key = params_hash(self.decoding, self.batch_size, self.seed, _model_digest(self.model_path),
-                              hashlib.sha256(json.dumps(prompts).encode()).hexdigest(), _file_digest(batch_sampler.__file__))
+                              hashlib.sha256(json.dumps(prompts).encode()).hexdigest(), _file_digest(sampler.__file__))
         store = ChunkStore(self.resume_dir, run_key)
         done = store.done(len(chunks))
         progress = _Progress(len(requests), sum(len(chunks[c]) for c in done), label)
@@ -146,9 +137,9 @@ class LocalChatBackend:
                 continue
             generator = torch.Generator(device=next(self.model().parameters()).device).manual_seed(
                 int(np.random.SeedSequence([self.seed, c]).generate_state(1, np.uint64)[0] >> np.uint64(1)))
-            tokens = batch_sampler.sample_prompts(self.model(), [prompts[i] for i in rows], eos_id=eos, pad_id=pad,
-                                            max_new_tokens=self.decoding["max_new_tokens"], top_p=self.decoding["top_p"],
-                                            temperature=self.decoding["temperature"], generator=generator)
+            tokens = sampler.sample(self.model(), [prompts[i] for i in rows], eos_id=eos, pad_id=pad,
+                              max_new_tokens=self.decoding["max_new_tokens"], top_p=self.decoding["top_p"],
+                              temperature=self.decoding["temperature"], generator=generator)
             store.save(c, pa.table({"tokens": tokens}, schema=pa.schema([("tokens", pa.list_(pa.int32()))])))
             progress.update(len(rows), sum(len(t) for t in tokens))
         self.stats = progress.close()

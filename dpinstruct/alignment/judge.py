@@ -80,8 +80,19 @@ class RemoteJudge:
         return np.array([_verdict(r.text) for r in replies], dtype=float)
 
 
+TIE = re.compile(r"\b(tie|equal|equally|neither|both|same)\b", re.IGNORECASE)
+
+
 def _verdict(text: str) -> int:
-    found = re.search(r"\b([AB])\b", text.strip().upper()) or re.match(r"\s*([AB])", text.strip().upper())
+    """+1 for A, -1 for B, 0 for a tie, a refusal or no verdict. A reply that is only a letter
+    counts in either case; in a sentence only a capital standalone A or B does (the article "a"
+    and the B of "Both" are not verdicts), and a reply that speaks of a tie is one."""
+    bare = re.fullmatch(r"\W*([AaBb])\W*", text)
+    if bare:
+        return 1 if bare.group(1).upper() == "A" else -1
+    if TIE.search(text):
+        return 0
+    found = re.search(r"\b([AB])\b", text)
     return 0 if found is None else (1 if found.group(1) == "A" else -1)
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 import pandas as pd
 
 from dpinstruct.alignment.chat import chat_ids, exchange
+from dpinstruct.io.settings.models import Lora
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +28,7 @@ class SFTSettings:
     batch_size: int
     lr: float
     max_length: int          # prompt + response tokens; longer pairs are dropped before sampling
-    lora: dict               # r, alpha, dropout, target_modules
+    lora: Lora               # r, alpha, dropout, target_modules
     seed: int
 
 
@@ -79,8 +80,8 @@ def make_trainer(student_dir: Path | str, pairs: pd.DataFrame, settings: SFTSett
                        train_sampling_strategy="group_by_length",  # batches of similar lengths pad little
                        use_cpu=not torch.cuda.is_available(), disable_tqdm=False)
     return SFTTrainer(model=model, args=config, train_dataset=dataset, processing_class=tokenizer,
-                      peft_config=LoraConfig(r=lora["r"], lora_alpha=lora["alpha"], lora_dropout=lora["dropout"],
-                                             target_modules=list(lora["target_modules"]), task_type="CAUSAL_LM"),
+                      peft_config=LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+                                             target_modules=list(lora.target_modules), task_type="CAUSAL_LM"),
                       callbacks=[LiveLoss()])
 
 

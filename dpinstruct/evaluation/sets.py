@@ -15,6 +15,9 @@ def load(text_path: str, embedding_path: str) -> tuple[list[str], np.ndarray]:
     df = pd.read_parquet(text_path, columns=["id", "instruction"])
     ids, vectors = embedding_io.read(embedding_path)
     position = pd.Series(np.arange(len(ids)), index=ids)
+    if position.index.has_duplicates:  # a lookup by id would return several rows and break the alignment
+        first = position.index[position.index.duplicated()][0]
+        raise InputError(embedding_path, f"id {first!r} appears more than once: re-run its embed stage", field="id")
     missing = ~df.id.isin(position.index)
     if missing.any():
         raise InputError(embedding_path, f"no embedding for {int(missing.sum())} rows of {text_path} "

@@ -1,4 +1,5 @@
-"""Reading params.yaml: one section per stage, numbers coerced, and a stable hash for lineage."""
+"""Reading params.yaml as written, and a stable hash for lineage. Stages read their sections through
+the typed models of ``dpinstruct.io.settings``; what they hash is the sections as written (``params_hash``)."""
 from __future__ import annotations
 
 import hashlib
@@ -16,16 +17,18 @@ def load(path: Path | str = PARAMS_FILE) -> dict:
         return yaml.safe_load(f) or {}
 
 
-def section(params: dict, name: str) -> dict:
-    """The params of one stage; a missing section is a configuration error worth naming."""
-    if name not in params:
-        raise KeyError(f"params.yaml has no '{name}' section")
-    return params[name]
+INFINITY = {"inf", ".inf", "infinity"}
+
+
+def spells_infinity(value) -> bool:
+    """"inf", ".inf", "+Infinity", ...: the strings that stand for an infinite value (YAML reads an
+    unquoted `.inf` as a float; `dvc exp run -S privacy.epsilon=inf` writes the string "inf")."""
+    return isinstance(value, str) and value.strip().lower().lstrip("+") in INFINITY
 
 
 def as_float(value) -> float:
     """`dvc exp run -S privacy.epsilon=8` writes the int 8 and YAML reads `.inf` as a float; accept both."""
-    if isinstance(value, str) and value.strip().lower().lstrip("+") in {"inf", ".inf", "infinity"}:
+    if spells_infinity(value):
         return math.inf
     return float(value)
 
@@ -41,7 +44,7 @@ def normalised(value):
         return value
     if isinstance(value, (int, float)):
         return float(value)
-    if isinstance(value, str) and value.strip().lower().lstrip("+") in {"inf", ".inf", "infinity"}:
+    if spells_infinity(value):
         return math.inf
     return value
 

@@ -8,22 +8,22 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from dpinstruct.io.settings.models import Lora
 from dpinstruct.models.loading import load_generator
 
 
-def lora_config(lora: dict):
+def lora_config(lora: Lora):
     """A peft LoraConfig from params: r, alpha, dropout, target_modules and, optionally, ``layers``
     (the transformer blocks to adapt; default all). Adapting only the upper blocks lets the backward
     pass stop early, and a DP run pays noise on fewer coordinates."""
     from peft import LoraConfig
 
-    layers = lora.get("layers")
-    return LoraConfig(r=lora["r"], lora_alpha=lora["alpha"], lora_dropout=lora["dropout"],
-                      target_modules=list(lora["target_modules"]), task_type="CAUSAL_LM",
-                      **({"layers_to_transform": [int(i) for i in layers]} if layers else {}))
+    return LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+                      target_modules=list(lora.target_modules), task_type="CAUSAL_LM",
+                      **({"layers_to_transform": list(lora.layers)} if lora.layers else {}))
 
 
-def lora_model(base, lora: dict):
+def lora_model(base, lora: Lora):
     """(peft model with fresh LoRA layers, tokenizer) on ``base``: a model folder, or an already
     loaded (model, tokenizer) pair."""
     from peft import get_peft_model

@@ -19,9 +19,8 @@ import pyarrow as pa
 import torch
 from tqdm import tqdm
 
-from dpinstruct.io import params as P
 from dpinstruct.io.chunk_store import ChunkStore
-from dpinstruct.io.errors import ConfigError
+from dpinstruct.io.settings.generation import Generate
 from dpinstruct.models import sampler
 from dpinstruct.models.loading import device
 from dpinstruct.text.filters import dedup
@@ -34,24 +33,15 @@ SCHEMA = pa.schema([pa.field("id", pa.string(), nullable=False), pa.field("instr
 CHUNK_SCHEMA = pa.schema([("tokens", pa.list_(pa.int32()))])
 
 
-def check(cfg: dict, section: str = "generate") -> None:
-    for key, ok, want in (("n", cfg["n"] >= 1, "an integer >= 1"), ("batch_size", cfg["batch_size"] >= 1, ">= 1"),
-                          ("max_new_tokens", cfg["max_new_tokens"] >= 1, ">= 1"),
-                          ("top_p", 0 < P.as_float(cfg["top_p"]) <= 1, "in (0, 1]"),
-                          ("temperature", P.as_float(cfg["temperature"]) > 0, "> 0")):
-        if not ok:
-            raise ConfigError(f"{section}.{key}", f"must be {want}, got {cfg[key]!r}")
-
-
 def chunk_seed(seed: int, chunk: int) -> int:
     return int(np.random.SeedSequence([seed, chunk]).generate_state(1, np.uint64)[0] >> np.uint64(1))
 
 
-def sample_chunks(cfg: dict, run_key: str, prompt_ids: list[int], chunk_dir: Path | str, load_model,
+def sample_chunks(cfg: Generate, run_key: str, prompt_ids: list[int], chunk_dir: Path | str, load_model,
                   eos_id: int) -> list[list[list[int]]]:
     """Token ids of every sample, chunk by chunk, reusing chunks a previous run of the same key
     saved; ``load_model()`` gives the model, called only when a chunk is missing."""
-    size, n = cfg["batch_size"], cfg["n"]
+    size, n = cfg.batch_size, cfg.n
     sizes = [min(size, n - c * size) for c in range(math.ceil(n / size))]
     store = ChunkStore(chunk_dir, run_key)
     done = store.done(len(sizes))
@@ -60,7 +50,7 @@ def sample_chunks(cfg: dict, run_key: str, prompt_ids: list[int], chunk_dir: Pat
     model = load_model() if len(done) < len(sizes) else None
     # One tick per decoding step (max_new_tokens per chunk), so the ETA moves within a chunk;
     # a chunk whose rows all end early jumps ahead, making the ETA an upper bound.
-    steps = cfg["max_new_tokens"]
+    steps = cfg.max_new_tokens
     bar = tqdm(total=len(sizes) * steps, initial=len(done) * steps, desc=f"sampling {len(sizes)} chunks",
                unit="step")
     new_tokens, start = 0, time.perf_counter()
@@ -74,10 +64,10 @@ def sample_chunks(cfg: dict, run_key: str, prompt_ids: list[int], chunk_dir: Pat
     for c, rows in enumerate(sizes):
         if c in done:
             continue
-        generator = torch.Generator(device=device()).manual_seed(chunk_seed(cfg["seed"], c))
+        generator = torch.Generator(device=device()).manual_seed(chunk_seed(cfg.seed, c))
         ticks = bar.n
-        tokens = sampler.sample(model, prompt_ids, rows, eos_id=eos_id, max_new_tokens=cfg["max_new_tokens"],
-                                top_p=P.as_float(cfg["top_p"]), temperature=P.as_float(cfg["temperature"]),
+        tokens = sampler.sample(model, prompt_ids, rows, eos_id=eos_id, max_new_tokens=cfg.max_new_tokens,
+                                top_p=cfg.top_p, temperature=cfg.temperature,
                                 generator=generator, on_tokens=count)
         store.save(c, pa.table({"tokens": tokens}, schema=CHUNK_SCHEMA))
         bar.update(ticks + steps - bar.n)
@@ -88,13 +78,13 @@ def sample_chunks(cfg: dict, run_key: str, prompt_ids: list[int], chunk_dir: Pat
     return [store.load(c).column("tokens").to_pylist() for c in range(len(sizes))]
 
 
-def parse_pool(chunks: list[list[list[int]]], cfg: dict, prompt_ids: list[int], tokenizer,
+def parse_pool(chunks: list[list[list[int]]], cfg: Generate, prompt_ids: list[int], tokenizer,
                id_prefix: str = "g") -> tuple[pd.DataFrame, dict]:
     """(rows that parse, without exact duplicates; counts of sampled, kept and each drop reason)."""
     special = set(tokenizer.all_special_ids)
-    rows, counts = [], {"sampled": cfg["n"], **{r: 0 for r in REASONS}}
+    rows, counts = [], {"sampled": cfg.n, **{r: 0 for r in REASONS}}
     for c, samples in enumerate(chunks):
-        seed = chunk_seed(cfg["seed"], c)
+        seed = chunk_seed(cfg.seed, c)
         for r, tokens in enumerate(samples):
             parsed = parse(tokens, prompt_ids=prompt_ids, special_ids=special, tokenizer=tokenizer, rules=cfg)
             if parsed.drop:
@@ -102,7 +92,7 @@ def parse_pool(chunks: list[list[list[int]]], cfg: dict, prompt_ids: list[int], 
             else:
                 rows.append((f"{id_prefix}{c:05d}-{r:04d}", parsed.text, parsed.n_tokens, seed, c))
     df = pd.DataFrame(rows, columns=SCHEMA.names)
-    reasons = dedup(df.instruction.tolist(), casefold=cfg["dedup_casefold"], ngram_n=0)
+    reasons = dedup(df.instruction.tolist(), casefold=cfg.dedup_casefold, ngram_n=0)
     counts["exact_duplicate"] = sum(r is not None for r in reasons)
     df = df[[r is None for r in reasons]].reset_index(drop=True)
     counts |= {"kept": len(df), "tokens_sampled": sum(len(t) for s in chunks for t in s)}

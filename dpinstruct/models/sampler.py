@@ -1,11 +1,16 @@
 """Fast ancestral sampling from a causal LM, with the same distribution as stock ``generate``.
 
-Every sequence starts from the same fixed prompt (the generator was trained to emit one
-instruction after it), so the batch never needs padding or an attention mask: all rows have the
-same length at every step. That allows these savings over ``model.generate`` that do not touch
+One decoder, ``sample``, for every caller: ``n`` continuations of ONE prompt (the DP generator's
+fixed prompt: ``generate``), or a batch of prompts of equal or unequal lengths (the annotator, the
+aligned students, DP-PPO's and RLHF's rollouts). Savings over ``model.generate`` that do not touch
 the sampling distribution:
 
-* the prompt is run once (batch 1) and its KV cache broadcast to the batch;
+* what every row shares is run once at batch 1 and its KV cache broadcast to the batch: the whole
+  prompt when there is one (then no row is ever padded and no attention mask is needed), the
+  prompts' common prefix (a chat template's system prompt and turn markers) for a batch;
+* the rest of each prompt of a batch is left-padded: the attention mask hides the padding and each
+  row's positions count its own tokens only, so a row's continuation is that of its prompt alone
+  (up to float rounding of the batched kernels);
 * the KV cache is preallocated and written in place (``generate``'s default cache concatenates
   every layer's keys and values at every step, a copy that grows with length);
 * finished rows leave the batch (compacting the cache when enough have finished), so no compute
@@ -14,13 +19,20 @@ the sampling distribution:
   vocabulary of every row at every step;
 * the output projection is computed in vocabulary slices that stay in cache.
 
+Randomness: one ``torch.Generator`` for the batch, or a ``RowGenerators`` (one per row, following
+the rows when finished ones leave the batch): then a row's draws are its own, whatever else is in
+the batch (DP-PPO's sensitivity argument).
+
 Nucleus semantics are those of transformers' ``TopPLogitsWarper``: after dividing logits by the
 temperature, keep the most likely tokens whose cumulative probability, counted before each
 token, is below ``top_p`` (so at least one token is always kept), then renormalise. Tokens tied
 in probability at the nucleus boundary are all kept (transformers keeps an arbitrary subset).
-``tests/test_sampling.py`` checks supports, frequencies and the greedy limit against transformers.
+Temperature 0 is greedy. ``tests/models/test_sampler.py`` checks supports, frequencies and the
+greedy limit against transformers.
 """
 from __future__ import annotations
+
+import numbers
 
 import torch
 from transformers.cache_utils import Cache, DynamicLayer
@@ -182,33 +194,90 @@ def next_token_logits(model, input_ids: torch.Tensor, cache: Cache, position_ids
     return logits
 
 
-@torch.inference_mode()
-def sample(model, prompt_ids: list[int], n: int, *, eos_id: int, max_new_tokens: int, top_p: float,
-           temperature: float, generator: torch.Generator, on_tokens=None) -> list[list[int]]:
-    """Token ids of ``n`` continuations of ``prompt_ids`` (prompt excluded, ending with EOS unless
-    cut at ``max_new_tokens``); deterministic for a given ``generator`` state.
+def pick(logits: torch.Tensor, top_p: float, temperature: float, generator: torch.Generator | RowGenerators) -> torch.Tensor:
+    """One token per row: greedy at temperature 0, else the temperature-scaled nucleus."""
+    return logits.argmax(-1) if temperature == 0 else nucleus_sample(logits, top_p, temperature, generator)
 
+
+def _common_prefix(prompts: list[list[int]]) -> int:
+    first, length = prompts[0], min(len(p) for p in prompts)
+    for p in prompts[1:]:
+        length = next((i for i in range(length) if p[i] != first[i]), length)
+    return length
+
+
+def _prefill_one(model, prompt_ids, n: int, capacity: int, device):
+    """The prompt run once at batch 1, its cache and logits broadcast to ``n`` rows; no padding, so
+    no attention mask: (cache, logits [n, vocab], attention mask None, next positions [n])."""
+    layers = [PreallocatedLayer(len(prompt_ids) + capacity) for _ in range(model.config.num_hidden_layers)]
+    cache = Cache(layers=layers)
+    logits = next_token_logits(model, torch.tensor([prompt_ids], device=device), cache)
+    for layer in layers:
+        layer.broadcast(n)
+    return cache, logits.expand(n, -1), None, torch.full((n,), len(prompt_ids), device=device)
+
+
+def _prefill_batch(model, prompts: list[list[int]], pad_id: int, capacity: int, device):
+    """The prompts' common prefix run once at batch 1 and broadcast (every row keeps at least one
+    token of its own), then the rest of each prompt left-padded after it, with the attention mask
+    and per-row positions: (cache, logits [rows, vocab], attention mask [rows, columns so far],
+    next positions [rows])."""
+    n = len(prompts)
+    shared = min(min(len(p) for p in prompts) - 1, _common_prefix(prompts))
+    suffixes = [p[shared:] for p in prompts]
+    width = max(len(p) for p in suffixes)
+    ids = torch.full((n, width), pad_id, dtype=torch.long, device=device)
+    mask = torch.ones((n, shared + width), dtype=torch.long, device=device)
+    mask[:, shared:] = 0
+    for i, p in enumerate(suffixes):
+        ids[i, width - len(p):] = torch.tensor(p, device=device)
+        mask[i, shared + width - len(p):] = 1
+    layers = [PreallocatedLayer(shared + width + capacity) for _ in range(model.config.num_hidden_layers)]
+    cache = Cache(layers=layers)
+    if shared:
+        next_token_logits(model, torch.tensor([prompts[0][:shared]], device=device), cache)
+        for layer in layers:
+            layer.broadcast(n)
+    logits = next_token_logits(model, ids, cache, ((mask.cumsum(1) - 1).clamp_min(0))[:, shared:], mask)
+    return cache, logits, mask, mask.sum(1)
+
+
+@torch.inference_mode()
+def sample(model, prompts: list[int] | list[list[int]], n: int = 1, *, eos_id: int, max_new_tokens: int,
+           top_p: float, temperature: float, generator: torch.Generator | RowGenerators, pad_id: int = 0,
+           on_tokens=None) -> list[list[int]]:
+    """Token ids of continuations (prompt excluded, ending with EOS unless cut at ``max_new_tokens``);
+    deterministic for a given ``generator`` state; temperature 0 is greedy.
+
+    ``prompts`` is ONE prompt (a list of token ids): ``n`` continuations of it, the prompt run once
+    (``_prefill_one``); or a BATCH of prompts (a list of such lists, of equal or unequal lengths):
+    ``n`` continuations of each, rows prompt by prompt (row ``i * n + j`` is prompt i's j-th), each
+    row prefilled after the batch's common prefix, left-padded with ``pad_id`` under an attention
+    mask (``_prefill_batch``; any id will do: padding is never attended to). A batch of one prompt
+    is still a batch: ``sample(m, p, 4)`` and ``sample(m, [p], 4)`` draw from the same distribution
+    but round differently (the latter prefills p's last token per row).
     ``on_tokens(k)`` is called after each step with the number of tokens produced (progress).
     """
     device = next(model.parameters()).device
-    layers = [PreallocatedLayer(len(prompt_ids) + max_new_tokens) for _ in range(model.config.num_hidden_layers)]
-    cache = Cache(layers=layers)
-    prompt = torch.tensor([prompt_ids], device=device)
-    logits = next_token_logits(model, prompt, cache)
-    for layer in layers:
-        layer.broadcast(n)
-    logits = logits.expand(n, -1)
-    rows = torch.arange(n, device=device)  # original index of each live row
-    out = torch.zeros(n, max_new_tokens, dtype=torch.long, device=device)
-    lengths = torch.zeros(n, dtype=torch.long, device=device)
-    live = torch.ones(n, dtype=torch.bool, device=device)  # in the current (uncompacted) batch
+    if len(prompts) == 0:
+        raise ValueError("sample needs a prompt, or a batch of at least one prompt")
+    if isinstance(prompts[0], numbers.Integral):
+        rows = n
+        cache, logits, mask, next_position = _prefill_one(model, prompts, n, max_new_tokens, device)
+    else:
+        repeated = [p for p in prompts for _ in range(n)]
+        rows = len(repeated)
+        cache, logits, mask, next_position = _prefill_batch(model, repeated, pad_id, max_new_tokens, device)
+    index = torch.arange(rows, device=device)  # original index of each live row
+    out = torch.zeros(rows, max_new_tokens, dtype=torch.long, device=device)
+    lengths = torch.zeros(rows, dtype=torch.long, device=device)
+    live = torch.ones(rows, dtype=torch.bool, device=device)  # in the current (uncompacted) batch
     for step in range(max_new_tokens):
-        token = nucleus_sample(logits, top_p, temperature, generator)
+        token = pick(logits, top_p, temperature, generator)
         active = live.nonzero().squeeze(1)
-        out[rows[active], step] = token[active]
-        lengths[rows[active]] += 1
-        done = token == eos_id
-        live &= ~done
+        out[index[active], step] = token[active]
+        lengths[index[active]] += 1
+        live &= token != eos_id
         if on_tokens:
             on_tokens(int(active.numel()))
         if not live.any() or step == max_new_tokens - 1:
@@ -216,7 +285,13 @@ def sample(model, prompt_ids: list[int], n: int, *, eos_id: int, max_new_tokens:
         if (~live).sum() >= COMPACT_SHARE * live.numel():
             keep = live.nonzero().squeeze(1)
             cache.batch_select_indices(keep)
-            rows, token, live = rows[keep], token[keep], live[keep]
-        position = torch.full((token.numel(), 1), len(prompt_ids) + step, device=device)
-        logits = next_token_logits(model, token[:, None], cache, position)
-    return [out[i, :lengths[i]].tolist() for i in range(n)]
+            index, token, live, next_position = index[keep], token[keep], live[keep], next_position[keep]
+            if mask is not None:
+                mask = mask[keep]
+            if isinstance(generator, RowGenerators):
+                generator = generator.select(keep)
+        if mask is not None:
+            mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], dim=1)
+        logits = next_token_logits(model, token[:, None], cache, next_position[:, None], mask)
+        next_position = next_position + 1
+    return [out[i, :lengths[i]].tolist() for i in range(rows)]

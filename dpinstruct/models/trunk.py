@@ -5,7 +5,7 @@ the hidden states entering the first adapted layer are the same for the policy, 
 (the adapter disabled) and for the training forward. ``trunk`` computes them once per batch;
 ``top_hidden`` runs only the layers from ``start`` up on them (the output head is then applied
 per target token, dpinstruct/models/token_logprob.py). The values are
-those of a full forward up to float rounding (tests/test_trunk.py); the saving on a DP-PPO step is
+those of a full forward up to float rounding (tests/models/test_trunk.py); the saving on a DP-PPO step is
 most of three 30-layer forwards.
 
 The split swaps the decoder's layer list (and, for the trunk, its final norm) for the duration of

@@ -18,6 +18,7 @@ import dp_accounting
 from dp_accounting.pld import pld_privacy_accountant
 
 from dpinstruct.io.errors import PrivacyConfigError
+from dpinstruct.io.settings.privacy import Budget, Histogram
 
 NEIGHBOURING = "add_or_remove_one"
 # PLD discretisation: 1e-4 is dp_accounting's default; finer costs time for no visible change.
@@ -176,87 +177,84 @@ def composed_epsilons(components: list[Component], delta: float) -> tuple[float,
     return pld, epsilon_prv(list(components), delta)
 
 
+class WorstOfPLDAndPRV(dp_accounting.PrivacyAccountant):
+    """A dp_accounting accountant whose epsilon is the larger of dp_accounting's PLD and opacus'
+    PRV epsilon of what it composed: calibrating against it meets a target by BOTH accountants (PRV
+    sits about 0.01 above PLD at the shipped setting). It supports the events both model: Gaussian,
+    Poisson-subsampled Gaussian, and their (self-)compositions."""
+
+    def __init__(self):
+        super().__init__(dp_accounting.NeighboringRelation.ADD_OR_REMOVE_ONE)
+        self._events: list[dp_accounting.DpEvent] = []
+
+    def _maybe_compose(self, event, count, do_compose):
+        if prv_components(event) is None:
+            return self.CompositionErrorDetails(event, "not modelled by opacus' PRV accountant")
+        if do_compose:
+            self._events += [event] * count
+        return None
+
+    def get_epsilon(self, target_delta: float) -> float:
+        return max(epsilon_pld(self._events, target_delta), epsilon_prv_of(self._events, target_delta))
+
+
 def calibrate_noise_multiplier(target_epsilon: float, delta: float, sampling_rate: float, steps: int,
                                prior: list[Component], *, prior_label: str = "the other mechanisms on these records",
                                hint: str = "", target_name: str = "privacy.epsilon",
-                               tolerance: float = 0.01) -> tuple[float, float, float]:
+                               tolerance: float = 1e-3) -> tuple[float, float, float]:
     """Smallest DP-SGD noise multiplier whose composition with the ``prior`` components (the other
     mechanisms on the same records: for the generator, the histogram) meets `target_epsilon` by
-    BOTH accountants.
+    BOTH accountants: ``dp_accounting.mechanism_calibration.calibrate_dp_mechanism`` (a bracket
+    search, Brent's method, then a check that the answer is on the safe side), first against a
+    coarse PLD, then against ``WorstOfPLDAndPRV``; `tolerance` is relative, in sigma.
 
-    Returns (noise_multiplier, PLD epsilon, PRV epsilon), both <= target and the larger within
-    `tolerance` of it (unless the sigma bracket closes first). A first bisection runs on a 10x
-    coarser PLD grid (fast and, being pessimistic, never below the fine one); the second raises
-    sigma until the fine PLD and opacus' PRV upper bound both fit, so the release never exceeds
-    its budget by either accountant (PRV sits about 0.01 above PLD at the shipped setting).
+    Returns (noise_multiplier, PLD epsilon, PRV epsilon), both <= target.
     Raises PrivacyConfigError when no noise level meets the target (the prior alone spends it).
     """
+    from dp_accounting import mechanism_calibration
+
     prior_events = [component_event(*c) for c in prior]
-
-    def coarse(sigma: float) -> float:
-        return epsilon_pld([dp_sgd_event(sigma, sampling_rate, steps), *prior_events], delta, 10 * PLD_DISCRETISATION)
-
-    def worst(sigma: float) -> tuple[float, float, float]:
-        pld, prv = composed_epsilons([(sigma, sampling_rate, steps), *prior], delta)
-        return max(pld, prv), pld, prv
-
     floor = epsilon_pld(prior_events, delta) if prior_events else 0.0
     if floor >= target_epsilon:
         raise PrivacyConfigError(
             f"{target_name}={target_epsilon} cannot be met: {prior_label} alone spend(s) epsilon {floor:.3f} at "
             f"delta {delta}{hint}")
-    lo, hi = _bisect(coarse, target_epsilon, tolerance)
-    # Second pass on both accountants. Epsilon is smooth in sigma: a secant step from the coarse
-    # bracket aims just inside the target, then a bisection closes in (each evaluation ~1 s).
-    found = worst(hi)
-    slope = (coarse(lo) - coarse(hi)) / (hi - lo)  # > 0: epsilon falls as sigma grows
-    while found[0] > target_epsilon:
-        lo, hi = hi, hi + (found[0] - target_epsilon + tolerance / 2) / max(slope, 1e-9)
-        found = worst(hi)
-    while target_epsilon - found[0] > tolerance and (hi - lo) / hi > 1e-4:
-        mid = (lo + hi) / 2
-        trial = worst(mid)
-        if trial[0] <= target_epsilon:
-            hi, found = mid, trial
-        else:
-            lo = mid
-    return hi, found[1], found[2]
+
+    def event(sigma: float) -> dp_accounting.DpEvent:
+        return dp_accounting.ComposedDpEvent([dp_sgd_event(sigma, sampling_rate, steps), *prior_events])
+
+    def coarse():  # a 10x coarser PLD grid: ~10x faster and pessimistic, never below the fine one
+        return pld_privacy_accountant.PLDAccountant(value_discretization_interval=10 * PLD_DISCRETISATION)
+
+    # Small sigmas make slow PLDs and a zero sigma has no finite epsilon: the search starts at sigma 1
+    # and halves only while sigma 1 already meets the target.
+    lower = 1.0
+    while coarse().compose(event(lower)).get_epsilon(delta) <= target_epsilon:
+        lower /= 2
+    try:
+        # first on the coarse grid, then on both accountants from just below that answer, so that the
+        # slow evaluations (~2 s each) only close a narrow bracket
+        rough = mechanism_calibration.calibrate_dp_mechanism(
+            coarse, event, target_epsilon, delta,
+            bracket_interval=mechanism_calibration.LowerEndpointAndGuess(lower, 2 * lower), tol=tolerance * lower)
+        below = 0.97 * rough
+        if WorstOfPLDAndPRV().compose(event(below)).get_epsilon(delta) <= target_epsilon:
+            below = lower  # the coarse grid was more than 3% pessimistic: search the whole bracket
+        sigma = mechanism_calibration.calibrate_dp_mechanism(
+            WorstOfPLDAndPRV, event, target_epsilon, delta,
+            bracket_interval=mechanism_calibration.LowerEndpointAndGuess(below, rough), tol=tolerance * below)
+    except mechanism_calibration.NoBracketIntervalFoundError as e:
+        raise PrivacyConfigError(f"{target_name}={target_epsilon} needs a noise multiplier beyond any searched") from e
+    pld, prv = composed_epsilons([(sigma, sampling_rate, steps), *prior], delta)
+    return float(sigma), pld, prv
 
 
-def _bisect(epsilon_of, target: float, tolerance: float) -> tuple[float, float]:
-    """Bracket [lo, hi] with epsilon_of(lo) > target >= epsilon_of(hi), hi within tolerance;
-    epsilon decreases monotonically in sigma. Small sigmas make slow PLDs, so the walk starts at 1."""
-    lo, hi = 1.0, 1.0
-    if epsilon_of(1.0) > target:
-        while epsilon_of(hi) > target:
-            lo, hi = hi, hi * 2
-            if hi > 1e4:
-                raise PrivacyConfigError(f"epsilon={target} needs a noise multiplier above 1e4")
-    else:
-        while epsilon_of(lo) <= target:
-            lo, hi = lo / 2, lo
-    eps_hi = epsilon_of(hi)
-    while target - eps_hi > tolerance and (hi - lo) / hi > 1e-4:
-        mid = (lo + hi) / 2
-        eps_mid = epsilon_of(mid)
-        if eps_mid <= target:
-            hi, eps_hi = mid, eps_mid
-        else:
-            lo = mid
-    return lo, hi
+def required_params(privacy: Budget, histogram: Histogram) -> tuple[float, float, float]:
+    """(privacy.epsilon, privacy.delta, histogram.sigma): typed params, checked when read."""
+    return privacy.epsilon, privacy.delta, histogram.sigma
 
 
-def required_params(privacy: dict | None, histogram: dict | None) -> tuple[float, float, float]:
-    """(privacy.epsilon, privacy.delta, histogram.sigma) as floats; refuses a missing one."""
-    from dpinstruct.io.params import as_float
-
-    for section, key, cfg in (("privacy", "epsilon", privacy), ("privacy", "delta", privacy), ("histogram", "sigma", histogram)):
-        if cfg is None or cfg.get(key) is None:
-            raise PrivacyConfigError(f"params.yaml must set {section}.{key} (use privacy.epsilon: .inf for a non-private run)")
-    return as_float(privacy["epsilon"]), as_float(privacy["delta"]), as_float(histogram["sigma"])
-
-
-def histogram_noise(privacy: dict | None, histogram: dict | None, n_records: float) -> float:
+def histogram_noise(privacy: Budget, histogram: Histogram, n_records: float) -> float:
     """Noise std of the DP histogram: histogram.sigma in a private run (refusing delta >= 1/N~ and
     sigma <= 0), 0 in a non-private one (privacy.epsilon: .inf)."""
     epsilon, delta, sigma = required_params(privacy, histogram)
@@ -274,7 +272,7 @@ def divisor(sampling_rate: float, noisy_count: float) -> float:
     return sampling_rate * max(float(noisy_count), 1.0)
 
 
-def plan_generator(privacy: dict, histogram: dict, *, noisy_count: float, prior: list[Component],
+def plan_generator(privacy: Budget, histogram: Histogram, *, noisy_count: float, prior: list[Component],
                    sampling_rate: float, epochs: float, clip_norm: float) -> DPSGDPlan:
     """Budget first for Algorithm 1: the generator's plan, T = round(epochs / q) steps, calibrated so
     that the COMPOSED release (with the ``prior``: the histogram of Algorithm 2 and the DP count)
@@ -332,21 +330,16 @@ class DPSGDPlan:
         return asdict(self)
 
 
-def plan_dp_sgd(budget: dict | None, *, budget_name: str, noisy_count: float, sampling_rate: float, steps: int,
+def plan_dp_sgd(budget: Budget, *, budget_name: str, noisy_count: float, sampling_rate: float, steps: int,
                 clip_norm: float, epochs_per_batch: int = 1, prior: list[Component] = (),
                 prior_label: str = "the mechanisms before it on these records", section: str = "",
                 hint: str = "") -> DPSGDPlan:
     """Budget first for a DP-SGD stage: calibrate its noise so that it and the ``prior``
     components on the same records (its DP count, and e.g. DP-SFT when DP-PPO reads the same part)
     meet ``budget`` (epsilon, delta) by both accountants. ``noisy_count`` (the DP count N~) gives
-    the divisor q x N~ and the delta < 1/N~ refusal. Refuses a missing budget param, delta >= 1/N~,
-    q outside (0, 1], non-positive steps or epochs, and a budget the prior alone spends."""
-    from dpinstruct.io.params import as_float
-
-    for key in ("epsilon", "delta"):
-        if budget is None or budget.get(key) is None:
-            raise PrivacyConfigError(f"params.yaml must set {budget_name}.{key} (epsilon .inf for a non-private run)")
-    epsilon, delta = as_float(budget["epsilon"]), as_float(budget["delta"])
+    the divisor q x N~ and the delta < 1/N~ refusal. Refuses delta >= 1/N~, q outside (0, 1],
+    non-positive steps or epochs, and a budget the prior alone spends."""
+    epsilon, delta = budget.epsilon, budget.delta
     if not 0 < sampling_rate <= 1:
         raise PrivacyConfigError(f"{section + '.' if section else ''}sampling_rate={sampling_rate} must be in (0, 1]")
     if steps < 1 or epochs_per_batch < 1 or epsilon <= 0:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from dpinstruct.io.errors import MissingInputError
+from dpinstruct.io.errors import MissingInputError, PrivacyConfigError
 from dpinstruct.privacy.accounting import Component, prv_components
 
 STAGE = "dp_count"
@@ -44,5 +44,9 @@ def read(name: str) -> tuple[float, Component, dict]:
     from dpinstruct.privacy.ledger import event_from_json
 
     # from the stored event, the entry's one source (as dp_ppo reads DP-SFT's), never its summary fields
-    (component,) = prv_components(event_from_json(entry["dp_event"]))
+    components = prv_components(event_from_json(entry["dp_event"]))
+    if components is None or len(components) != 1:
+        raise PrivacyConfigError(f"{path}: the DP count's stored event is not one Gaussian release, so it cannot "
+                                 f"be the calibration's prior (re-run dvc repro {STAGE}@{name})")
+    (component,) = components
     return as_float(entry["noisy_count"]), component, entry

@@ -58,6 +58,7 @@ from pathlib import Path
 import numpy as np
 
 from dpinstruct.io.errors import PrivacyConfigError
+from dpinstruct.io.settings.privacy import Randomness
 
 log = logging.getLogger(__name__)
 KEY_BYTES = 32
@@ -66,14 +67,14 @@ DEFAULT_KEY_FILE = "~/.config/dpinstruct/secret.key"
 DOMAIN = b"dpinstruct/dp-randomness/v1"
 
 
-def key_path(privacy: dict | None) -> Path:
+def key_path(privacy: Randomness | None) -> Path:
     """The key file: $DPINSTRUCT_KEY_FILE, else privacy.key_file, else the per-user default.
     Absolute (or ``~``) paths only: a relative one is refused."""
     source, chosen = "the default key file", DEFAULT_KEY_FILE
     if os.environ.get(KEY_FILE_ENV):
         source, chosen = f"${KEY_FILE_ENV}", os.environ[KEY_FILE_ENV]
-    elif (privacy or {}).get("key_file"):
-        source, chosen = "privacy.key_file", privacy["key_file"]
+    elif privacy is not None and privacy.key_file:
+        source, chosen = "privacy.key_file", privacy.key_file
     path = Path(os.path.expanduser(os.path.expandvars(str(chosen))))
     if not path.is_absolute():
         raise PrivacyConfigError(
@@ -177,7 +178,7 @@ def _refuse_loose_permissions(path: Path) -> None:
                                  "and, if anyone else may have read it, delete it to make a new key")
 
 
-def load_key(privacy: dict | None) -> bytes:
+def load_key(privacy: Randomness | None) -> bytes:
     """The secret key, made (0600, in a 0700 folder) when the file does not exist yet. Refused:
     a relative path, loose permissions, a place inside an un-ignored git work tree or a DVC output."""
     path = key_path(privacy)
@@ -216,9 +217,10 @@ class DPRandom:
         self._seed, self._counter = seed, 0
 
     @classmethod
-    def for_purpose(cls, purpose: str, *binding, privacy: dict | None) -> "DPRandom":
-        """The stream of one mechanism of one run; ``privacy`` is params' privacy section."""
-        if bool((privacy or {}).get("secure_mode", False)):
+    def for_purpose(cls, purpose: str, *binding, privacy: Randomness | None) -> "DPRandom":
+        """The stream of one mechanism of one run; ``privacy`` is params' randomness setting (None:
+        the defaults, a keyed stream from the default key file)."""
+        if privacy is not None and privacy.secure_mode:
             return cls(None)
         message = DOMAIN + b"".join(_canonical(p) for p in (purpose, *binding))
         return cls(hmac.new(load_key(privacy), message, hashlib.sha256).digest())

@@ -24,28 +24,19 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from dpinstruct.io.errors import ConfigError
 from dpinstruct.privacy.randomness import DPRandom
 
 NEIGHBOURING = "add_or_remove_one_user"
 
 
-def enabled(cfg: dict | None) -> bool:
-    """``user_level.enabled``: whether the privacy unit is the user (a param, checked, never inferred)."""
-    value = (cfg or {}).get("enabled")
-    if not isinstance(value, bool):
-        raise ConfigError("user_level.enabled", f"must be true or false, got {value!r} (true: the privacy unit is "
-                                                "a user_id with all their rows; false: a row, user_id ignored)")
-    return value
+def units(user_ids, ids, by_user: bool) -> np.ndarray | None:
+    """``unit_index`` under user-level DP (``by_user``: the param ``user_level.enabled``, checked by
+    ``dpinstruct.io.settings.privacy.UserLevel``), None (every row its own unit) under record-level DP."""
+    return unit_index(user_ids, ids) if by_user else None
 
 
-def units(user_ids, ids, cfg: dict | None) -> np.ndarray | None:
-    """``unit_index`` under user-level DP, None (every row its own unit) under record-level DP."""
-    return unit_index(user_ids, ids) if enabled(cfg) else None
-
-
-def neighbouring(cfg: dict | None, record_level: str) -> str:
-    return NEIGHBOURING if enabled(cfg) else record_level
+def neighbouring(by_user: bool, record_level: str) -> str:
+    return NEIGHBOURING if by_user else record_level
 
 
 def unit_index(user_ids, ids) -> np.ndarray:
@@ -54,13 +45,6 @@ def unit_index(user_ids, ids) -> np.ndarray:
     # prefixed both ways: a user named "row:x1" must never share a unit with the row of id x1
     key = ("user:" + users.astype(str)).where(users.notna(), "row:" + pd.Series(ids, dtype=object).astype(str))
     return pd.factorize(key, sort=True)[0].astype(np.int64)
-
-
-def max_records(cfg: dict | None) -> int:
-    value = (cfg or {}).get("max_records_per_user")
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ConfigError("user_level.max_records_per_user", f"must be an integer >= 1, got {value!r}")
-    return value
 
 
 def sample_users(random: DPRandom, units: np.ndarray, n_units: int, q: float, cap: int) -> np.ndarray:

@@ -45,14 +45,12 @@ class Backbone:
     @classmethod
     def from_params(cls, params: dict) -> Backbone:
         """The materialised model of ``rlhf.features.backbone`` with ``rlhf.features``' settings."""
-        from dpinstruct.io.errors import ConfigError
+        from dpinstruct.io.settings.rlhf import Features
         from dpinstruct.models.loading import EMBEDDER_DIR, GENERATOR_DIR
 
-        cfg = params["rlhf"]["features"]
+        cfg = Features.from_params(params)  # backbone: embedder | generator
         folders = {"embedder": EMBEDDER_DIR, "generator": GENERATOR_DIR}
-        if cfg["backbone"] not in folders:
-            raise ConfigError("rlhf.features.backbone", f"one of {sorted(folders)}, got {cfg['backbone']!r}")
-        return cls(cfg["backbone"], str(folders[cfg["backbone"]]), int(cfg["max_seq_length"]), int(cfg["batch_size"]))
+        return cls(cfg.backbone, str(folders[cfg.backbone]), cfg.max_seq_length, cfg.batch_size)
 
     def features(self, prompts: list[str], responses: list[str], *, show_progress: bool = False) -> np.ndarray:
         """[n, d] float32 unit-length features of the (prompt, response) exchanges."""

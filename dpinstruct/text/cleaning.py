@@ -23,11 +23,11 @@ import pyarrow as pa
 from dpinstruct.io import quality
 from dpinstruct.io.errors import InputError
 from dpinstruct.io.instructions import read_instructions
+from dpinstruct.io.settings.data import Cleaning
 from dpinstruct.text.filters import dedup, dedup_key, normalise
 
 SCHEMA = pa.schema([pa.field("id", pa.string(), nullable=False), pa.field("instruction", pa.string(), nullable=False),
                     pa.field("user_id", pa.string()), pa.field("n_tokens", pa.int32(), nullable=False)])
-FILTER_KEYS = ("min_tokens", "max_tokens", "dedup_casefold", "ngram_dedup_n")
 TOKENIZE_CHUNK = 50_000
 
 
@@ -45,7 +45,7 @@ def unit_keys(df: pd.DataFrame, casefold: bool) -> pd.Series:
     return ("user:" + df.user_id).where(df.user_id.notna(), texts)
 
 
-def clean(path, tokenizer, cfg: dict, *, per_unit: bool, users: bool = True) -> tuple[pd.DataFrame, dict]:
+def clean(path, tokenizer, cfg: Cleaning, *, per_unit: bool, users: bool = True) -> tuple[pd.DataFrame, dict]:
     """Kept rows (id, instruction, user_id, n_tokens; plus ``unit`` when ``per_unit``) and counts.
     ``users=False`` (record-level DP, ``user_level.enabled: false``) drops every ``user_id`` as read:
     under record-level DP a row is the unit, so no rule may group one user's rows (a case variant
@@ -61,21 +61,21 @@ def clean(path, tokenizer, cfg: dict, *, per_unit: bool, users: bool = True) -> 
         raise InputError(path, f"no instruction left after filtering ({counts})")
     # A row with more characters than max_tokens x the longest token (in bytes, >= its characters)
     # cannot fit: it is too long without being tokenised, so a 1 MB paste costs nothing.
-    surely_long = (df.instruction.str.len() > cfg["max_tokens"] * longest_token_bytes(tokenizer)).to_numpy()
-    n_tokens = np.full(len(df), cfg["max_tokens"] + 1, dtype=np.int64)
+    surely_long = (df.instruction.str.len() > cfg.max_tokens * longest_token_bytes(tokenizer)).to_numpy()
+    n_tokens = np.full(len(df), cfg.max_tokens + 1, dtype=np.int64)
     fits = np.flatnonzero(~surely_long)
     for start in range(0, len(fits), TOKENIZE_CHUNK):  # chunks: ids of 1M rows at once would hold GBs
         chunk = fits[start:start + TOKENIZE_CHUNK]
         ids = tokenizer(df.instruction.iloc[chunk].tolist(), add_special_tokens=False)["input_ids"]
         n_tokens[chunk] = [len(i) for i in ids]
     df = df.assign(n_tokens=n_tokens)
-    counts["too_short"] = int((df.n_tokens < cfg["min_tokens"]).sum())
-    counts["too_long"] = int((df.n_tokens > cfg["max_tokens"]).sum())
-    df = df[df.n_tokens.between(cfg["min_tokens"], cfg["max_tokens"])]
+    counts["too_short"] = int((df.n_tokens < cfg.min_tokens).sum())
+    counts["too_long"] = int((df.n_tokens > cfg.max_tokens).sum())
+    df = df[df.n_tokens.between(cfg.min_tokens, cfg.max_tokens)]
     if per_unit:
-        df = df.assign(unit=unit_keys(df, cfg["dedup_casefold"]))
+        df = df.assign(unit=unit_keys(df, cfg.dedup_casefold))
     reasons = _dedup_per_unit(df, cfg) if per_unit else pd.Series(
-        dedup(df.instruction.tolist(), casefold=cfg["dedup_casefold"], ngram_n=cfg["ngram_dedup_n"]),
+        dedup(df.instruction.tolist(), casefold=cfg.dedup_casefold, ngram_n=cfg.ngram_dedup_n),
         index=df.index, dtype=object)
     counts["exact_duplicate"] = int((reasons == "exact").sum())
     counts["ngram_duplicate"] = int((reasons == "ngram").sum())
@@ -86,7 +86,7 @@ def clean(path, tokenizer, cfg: dict, *, per_unit: bool, users: bool = True) -> 
     return df, counts
 
 
-def _dedup_per_unit(df: pd.DataFrame, cfg: dict) -> pd.Series:
+def _dedup_per_unit(df: pd.DataFrame, cfg: Cleaning) -> pd.Series:
     """Dedup reasons (None = kept) with each unit deduplicated alone, its rows in content order
     (text, then id): neither file order, nor another unit's rows, nor ids a reader made from line
     numbers (which shift when a row is added above) decide which row survives."""
@@ -94,17 +94,17 @@ def _dedup_per_unit(df: pd.DataFrame, cfg: dict) -> pd.Series:
     ordered = df.sort_values(["unit", "instruction", "id"], kind="stable")  # df has its ``unit`` column
     shared = ordered[ordered.unit.duplicated(keep=False)]  # units of one row need no dedup (most of them)
     for _, rows in shared.groupby("unit", sort=False):
-        reasons[rows.index] = dedup(rows.instruction.tolist(), casefold=cfg["dedup_casefold"],
-                                    ngram_n=cfg["ngram_dedup_n"])
+        reasons[rows.index] = dedup(rows.instruction.tolist(), casefold=cfg.dedup_casefold,
+                                    ngram_n=cfg.ngram_dedup_n)
     return reasons
 
 
-def rules(df: pd.DataFrame, cfg: dict, others: dict[str, pd.DataFrame] | None = None) -> list:
+def rules(df: pd.DataFrame, cfg: Cleaning, others: dict[str, pd.DataFrame] | None = None) -> list:
     return quality.table_rules(
         # Two users may ask the same thing; within the rows without a user, texts are unique.
         columns=SCHEMA.names, non_null=("instruction", "n_tokens"),
         unique=() if df.user_id.notna().any() else ("instruction",),
-        between={"n_tokens": (cfg["min_tokens"], cfg["max_tokens"])},
+        between={"n_tokens": (cfg.min_tokens, cfg.max_tokens)},
         disjoint_from={o: {"id": d.id.tolist(), **({} if df.user_id.notna().any() else
                                                     {"instruction": d.instruction.tolist()})}
                        for o, d in (others or {}).items()})

@@ -19,6 +19,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from dpinstruct.io.settings.generation import SampleRules
 from dpinstruct.text.filters import normalise
 
 DEGENERATE_MIN_WORDS = 8
@@ -40,19 +41,20 @@ def strip_echo(tokens: list[int], prompt_ids: list[int]) -> list[int]:
     return tokens
 
 
-def parse(tokens: list[int], *, prompt_ids: list[int], special_ids: set[int], tokenizer, rules: dict) -> Parsed:
+def parse(tokens: list[int], *, prompt_ids: list[int], special_ids: set[int], tokenizer,
+          rules: SampleRules) -> Parsed:
     tokens = strip_echo(list(tokens), list(prompt_ids))
     end = next((i for i, t in enumerate(tokens) if t in special_ids), None)
     body = tokens if end is None else tokens[:end]
     text = normalise(tokenizer.decode(body, skip_special_tokens=True))
     words = _WORD.findall(text.casefold())
-    if end is None and rules["drop_truncated"]:
+    if end is None and rules.drop_truncated:
         drop = "truncated"
     elif not text:
         drop = "empty"
-    elif len(body) < rules["min_tokens"]:
+    elif len(body) < rules.min_tokens:
         drop = "too_short"
-    elif len(words) >= DEGENERATE_MIN_WORDS and len(set(words)) < rules["min_distinct_word_ratio"] * len(words):
+    elif len(words) >= DEGENERATE_MIN_WORDS and len(set(words)) < rules.min_distinct_word_ratio * len(words):
         drop = "degenerate"
     else:
         drop = None

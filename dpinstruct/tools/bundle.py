@@ -21,11 +21,11 @@ report with the md5 of private artifacts withheld), ``DATASET_CARD.md`` and ``MA
 (every file's sha256, source path and class).
 
 A run spends budgets on several private datasets (``instructions``, ``imdb``, ``hh_rlhf``: one
-guarantee each, ``dpinstruct.privacy.composition``); the bundle releases one of them, ``DATASET``,
-and carries that dataset's mechanisms only: ``ledger/`` holds the entries whose ``dataset`` is
-``DATASET``; ``privacy.json`` is written, not copied: the release's guarantee (the top-level
+guarantee each, ``dpinstruct.privacy.composition``); the bundle releases one of them, the one
+params.yaml ``datasets`` marks ``release: true`` (``release_dataset``), and carries that dataset's
+mechanisms only: ``ledger/`` holds the entries whose ``dataset`` is it; ``privacy.json`` is written, not copied: the release's guarantee (the top-level
 ``GUARANTEE_FIELDS`` of metrics/privacy.json), ``datasets`` and ``stages`` restricted to
-``DATASET``; the card lists those stages and their dvc.lock params (without another dataset's
+it; the card lists those stages and their dvc.lock params (without another dataset's
 budget section, e.g. ``rl.privacy``, that a shared stage such as ``dp_count`` declares); and
 ``lineage.md`` covers only the release's ancestors in the DAG (and those of ``--include``d files).
 An included file that descends from another dataset's mechanism is refused.
@@ -60,11 +60,19 @@ RELEASE = "data/release/instructions.parquet"
 COMPOSED = "metrics/privacy.json"
 LEDGER_DIR = "metrics/privacy"
 PUBLISHABLE = ("dp", "public")
-DATASET = "instructions"  # the private dataset the release is made from (stages/account.py: RELEASE)
 # the release's guarantee at the top level of metrics/privacy.json (stages/account.py); nothing else
-# of it is copied but ``datasets`` and ``stages`` restricted to DATASET
+# of it is copied but ``datasets`` and ``stages`` restricted to the release's dataset
 GUARANTEE_FIELDS = ("epsilon", "delta", "epsilon_prv", "target_epsilon", "within_budget", "private", "accountant",
                     "neighbouring")
+
+
+def release_dataset(root: Path) -> str:
+    """The private dataset the release is made from: the one params.yaml ``datasets`` marks release."""
+    import yaml
+
+    from dpinstruct.io.settings.privacy import Datasets
+
+    return Datasets.from_params(yaml.safe_load((Path(root) / "params.yaml").read_text(encoding="utf-8"))).release
 
 
 class ExportError(Exception):
@@ -99,7 +107,7 @@ def _classify(root: Path, path: str, arts: dict[str, lineage.Artifact]) -> linea
     return art
 
 
-def dataset_entries(root: Path, entries: list[str], dataset: str = DATASET) -> dict[str, dict]:
+def dataset_entries(root: Path, entries: list[str], dataset: str) -> dict[str, dict]:
     """The ledger entries (path -> entry) of ``dataset``. An entry naming no dataset is refused: it
     cannot be told apart from another dataset's."""
     mine = {}
@@ -113,7 +121,7 @@ def dataset_entries(root: Path, entries: list[str], dataset: str = DATASET) -> d
     return mine
 
 
-def release_privacy(privacy: dict, dataset: str = DATASET) -> dict:
+def release_privacy(privacy: dict, dataset: str) -> dict:
     """metrics/privacy.json restricted to ``dataset``: the top-level guarantee (``GUARANTEE_FIELDS``),
     its entry of ``datasets`` and its ``stages``; nothing of another dataset."""
     out = {k: privacy[k] for k in GUARANTEE_FIELDS if k in privacy}
@@ -257,7 +265,9 @@ def export(root: Path | str, out: Path | str, *, include: list[str] = (), force:
     if problems:
         raise ExportError(f"the lineage check failed ({len(problems)} violation(s)), first: {problems[0]}")
     # only the release dataset's entries: another dataset's mechanisms (and their params) stay out
-    mine = dataset_entries(root, sorted(p.relative_to(root).as_posix() for p in (root / LEDGER_DIR).glob("*.json")))
+    dataset = release_dataset(root)
+    mine = dataset_entries(root, sorted(p.relative_to(root).as_posix() for p in (root / LEDGER_DIR).glob("*.json")),
+                           dataset)
     entries = sorted(mine)
     extras = [lineage._norm(p) for p in include]
     sources = {RELEASE: "instructions.parquet", COMPOSED: "privacy.json",
@@ -265,21 +275,21 @@ def export(root: Path | str, out: Path | str, *, include: list[str] = (), force:
                **{p: f"extra/{p}" for p in extras}}
     found = {path: _classify(root, path, arts) for path in sources}
     composed = json.loads((root / COMPOSED).read_text())
-    if "datasets" in composed and DATASET not in composed["datasets"]:
-        raise ExportError(f"{COMPOSED} states no guarantee for the release's dataset {DATASET!r}: run `dvc repro`")
-    privacy = release_privacy(composed)
+    if "datasets" in composed and dataset not in composed["datasets"]:
+        raise ExportError(f"{COMPOSED} states no guarantee for the release's dataset {dataset!r}: run `dvc repro`")
+    privacy = release_privacy(composed, dataset)
     own = {e.get("stage") for e in mine.values()}
     if own != set(privacy["stages"]):
-        raise ExportError(f"the ledger entries of dataset {DATASET!r} ({sorted(own, key=str)}) are not the stages "
+        raise ExportError(f"the ledger entries of dataset {dataset!r} ({sorted(own, key=str)}) are not the stages "
                           f"{COMPOSED} composes for it ({sorted(privacy['stages'])}): run `dvc repro`")
     for path in (p for p in sources if p != COMPOSED):  # the accountant reads every dataset's entries
         foreign = found[path].mechanisms - own
         if foreign:
-            raise ExportError(f"{path} descends from DP mechanisms not of dataset {DATASET!r} "
+            raise ExportError(f"{path} descends from DP mechanisms not of dataset {dataset!r} "
                               f"({', '.join(sorted(foreign))}): the bundle carries that dataset's privacy record "
                               "only, so it cannot state this file's guarantee")
     hidden = {d["budget"] for name, d in composed.get("datasets", {}).items()
-              if name != DATASET and isinstance(d, dict) and d.get("budget")}
+              if name != dataset and isinstance(d, dict) and d.get("budget")}
     private = is_private(privacy)
     if not private and not non_private:
         raise ExportError(f"{COMPOSED} says this release is {NOT_PRIVATE} (private: {privacy.get('private')}, "

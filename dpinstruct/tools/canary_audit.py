@@ -36,18 +36,20 @@ from dpinstruct.io import params as P
 from dpinstruct.io.artifacts import file_digest
 from dpinstruct.io.errors import PipelineError
 from dpinstruct.io.runner import setup_logging
+from dpinstruct.io.settings.generation import TrainGenerator
+from dpinstruct.io.settings.privacy import Audit, Randomness, UserLevel
 from dpinstruct.models.loading import GENERATOR_DIR, load_tokenizer
 from dpinstruct.privacy import accounting as acct
 from dpinstruct.privacy import dp_count, user_level
-from dpinstruct.privacy.run_key import closure_digest, run_key
 from dpinstruct.privacy.audit import audit
 from dpinstruct.privacy.ledger import finite
 from dpinstruct.privacy.randomness import DPRandom
+from dpinstruct.privacy.run_key import closure_digest, run_key
 from dpinstruct.training import dp_generator
 from dpinstruct.training.dp_adam import collate, per_example_loss
 
 log = logging.getLogger(__name__)
-TRAIN = Path("data/prepared/train.parquet")
+TRAIN = dp_generator.TRAIN
 OUT = Path("metrics/audit.json")
 CANARY_WORDS = 8
 
@@ -92,17 +94,17 @@ def run_once(params: dict, label: str, train: pd.DataFrame, texts: list[str], in
                       pd.DataFrame({"id": [f"canary:{i}" for i in np.flatnonzero(included)],
                                     "instruction": [texts[i] for i in np.flatnonzero(included)],
                                     "user_id": None})], ignore_index=True)
-    units = user_level.units(data.user_id, data.id, params.get("user_level"))
-    sections = (params[dp_generator.STAGE], params.get("privacy"), params.get("histogram"), params.get("user_level"))
+    units = user_level.units(data.user_id, data.id, UserLevel.read(params, "enabled"))
+    sections = dp_generator.sections(params)
     data_digest = P.params_hash(data.id.tolist(), data.instruction.tolist(), data.user_id.tolist())
     # the whole run key, as train_generator's (params, base weights, the split, the DP count, the code)
     # plus this tool's own code and the audited copy of the data: an audit never replays a release's noise
-    key = (*run_key(dp_generator.STAGE, sections, (TRAIN, GENERATOR_DIR, dp_count.entry_path("instructions"))),
+    key = (*run_key(dp_generator.STAGE, sections, dp_generator.INPUTS),
            f"tool:{closure_digest(Path(__file__).resolve())}", f"audit:{label}", f"data:{data_digest}")
     started = time.monotonic()
     # The run's DP count (the divisor and the calibration's prior, exactly as train_generator plans),
     # plus the canaries added to the copy of the split (an audit-internal, private figure).
-    noisy_count, count_component, _ = dp_count.read("instructions")
+    noisy_count, count_component, _ = dp_count.read(dp_generator.COUNT)
     fitted = dp_generator.fit(params, data.instruction.tolist(), units=units,
                               noisy_count=noisy_count + int(included.sum()), count_component=count_component,
                               run_key=key,
@@ -110,7 +112,7 @@ def run_once(params: dict, label: str, train: pd.DataFrame, texts: list[str], in
                               desc=f"audit training ({label})")
     # the time is logged, not reported: it grows with the private N
     log.info("audit training (%s) took %.0f s", label, time.monotonic() - started)
-    prompt = params[dp_generator.STAGE]["prompt"]
+    prompt = TrainGenerator.read(params, "prompt")
     bar = tqdm(total=2, desc=f"scoring {len(texts)} canaries ({label})", unit="model")
     trained = canary_losses(fitted.model, fitted.tokenizer, texts, prompt)
     bar.update()
@@ -136,15 +138,18 @@ def run_audit(params: dict, *, canaries: int, confidence: float, runs: tuple = (
               epochs: float | None = None) -> dict:
     """``runs``: "run" (the run's epsilon) and/or "inf". ``epochs`` overrides train_generator.epochs
     for a power study (the report says so: it is then not the run's own training)."""
-    if not TRAIN.exists():
-        raise PipelineError(f"{TRAIN} not found: run `dvc repro prepare` first")
     if canaries < 2:
         raise PipelineError(f"audit.canaries must be >= 2, got {canaries}")
+    if not 0 < confidence < 1:
+        raise PipelineError(f"audit.confidence must be in (0, 1), got {confidence}")
+    if not TRAIN.exists():
+        raise PipelineError(f"{TRAIN} not found: run `dvc repro prepare` first")
     if not runs or set(runs) - {"run", "inf"}:
         raise PipelineError(f"--runs must name run and/or inf, got {','.join(runs)!r}")
     train = pd.read_parquet(TRAIN, columns=["id", "instruction", "user_id"])
     tokenizer = load_tokenizer(GENERATOR_DIR)
-    random = DPRandom.for_purpose("audit/canaries", file_digest(TRAIN), canaries, privacy=params.get("privacy"))
+    random = DPRandom.for_purpose("audit/canaries", file_digest(TRAIN), canaries,
+                                  privacy=Randomness.from_params(params))
     texts, included = draw_canaries(random, vocabulary_words(tokenizer), canaries)
     settings = {}
     for label in runs:
@@ -182,10 +187,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     setup_logging()
     params = P.load()
-    cfg = params.get("audit") or {}
     try:
-        report = run_audit(params, canaries=int(args.canaries or cfg.get("canaries", 1000)),
-                           confidence=float(args.confidence or cfg.get("confidence", 0.95)),
+        cfg = Audit.from_params(params)
+        report = run_audit(params, canaries=cfg.canaries if args.canaries is None else args.canaries,
+                           confidence=cfg.confidence if args.confidence is None else args.confidence,
                            runs=tuple(r for r in args.runs.split(",") if r), epochs=args.epochs)
     except PipelineError as e:
         print(f"audit failed: {e}", file=sys.stderr)

@@ -72,18 +72,52 @@ CODE_DEP = ("stages/", "dpinstruct/")
 
 
 def code_deps(root: Path | str, stem: str) -> list[str]:
-    """The code deps stage ``stem`` must list: its module first, then every library file it runs
-    (docstring-only ``__init__.py`` files run no code and are left out), sorted."""
+    """The code deps stage ``stem`` must list: its module first, then each library package
+    (``dpinstruct/<package>``) holding a file it runs, and any top-level library file it runs,
+    sorted. A whole package rather than its files: a superset DVC hashes as one folder, so dvc.yaml
+    stays short and a module added to a package the stage uses is covered without an edit; the
+    cost is a re-run when a sibling module the stage does not import changes. (Docstring-only
+    ``__init__.py`` files run no code and add no package.)"""
     root = Path(root)
     own = f"stages/{stem}.py"
-    files = {rel.as_posix() for rel in code_files(root, root / own)}
-    return [own, *sorted(files - {own})]
+    deps = set()
+    for rel in code_files(root, root / own):
+        parts = rel.parts
+        if parts[0] == "stages":
+            if rel.as_posix() != own:
+                deps.add(rel.as_posix())
+        elif len(parts) > 2:
+            deps.add("/".join(parts[:2]))
+        else:
+            deps.add(rel.as_posix())
+    return [own, *sorted(deps)]
+
+
+DEPS_WIDTH = 112
+
+
+def flow_list(key: str, items: list[str], indent: str) -> list[str]:
+    """``key: [a, b, ...]`` as YAML flow lines wrapped at ``DEPS_WIDTH``, continuation lines aligned
+    under the first item; a ``${...}`` item is quoted (a brace is a flow indicator)."""
+    items = [f'"{i}"' if "${" in i else i for i in items]
+    head = f"{indent}{key}: ["
+    lines, line = [], head
+    for n, item in enumerate(items):
+        piece = item + ("]" if n == len(items) - 1 else ",")
+        if line not in (head, " " * len(head)) and len(line) + 1 + len(piece) > DEPS_WIDTH:
+            lines.append(line)
+            line = " " * len(head)
+        line += ("" if line in (head, " " * len(head)) else " ") + piece
+    return lines + [line]
 
 
 def write_code_deps(root: Path | str, *, check: bool = False) -> list[str]:
-    """Rewrite the code lines of every stage's ``deps`` in dvc.yaml (``- stages/...`` and
-    ``- dpinstruct/...``) to ``code_deps``; every other line (data, models, params, comments) stays
-    as written. Returns the stages whose code deps differ; with ``check`` nothing is written."""
+    """Rewrite every stage's ``deps: [...]`` in dvc.yaml so that its code entries (``stages/...``,
+    ``dpinstruct/...``) are ``code_deps`` and come first; every other entry (data, models) keeps
+    its order, and every other line (params, outs, comments) stays as written. Returns the stages
+    whose code deps differ; with ``check`` nothing is written."""
+    import yaml
+
     root = Path(root)
     path = root / "dvc.yaml"
     lines = path.read_text(encoding="utf-8").split("\n")
@@ -93,19 +127,18 @@ def write_code_deps(root: Path | str, *, check: bool = False) -> list[str]:
         line = lines[i]
         if line.startswith("  ") and not line.startswith("   ") and line.rstrip().endswith(":"):
             stage = line.strip()[:-1]
-        if stage in specs and line.strip().startswith("deps:"):
-            out.append(line)
-            i += 1
-            block = []
-            while i < len(lines) and lines[i].lstrip().startswith("- "):
-                block.append(lines[i])
-                i += 1
-            indent = block[0][:len(block[0]) - len(block[0].lstrip())] if block else " " * (len(line) - len(line.lstrip()) + 2)
-            old = [b.strip()[2:].split(" #")[0].strip() for b in block if b.strip()[2:].startswith(CODE_DEP)]
+        if stage in specs and line.strip().startswith("deps: ["):
+            j = i
+            while lines[j].count("]") < 1 or "".join(lines[i:j + 1]).count("[") > "".join(lines[i:j + 1]).count("]"):
+                j += 1
+            old = yaml.safe_load("\n".join(l.strip() if n else l.strip() for n, l in enumerate(lines[i:j + 1])))["deps"]
+            code = [d for d in old if d.startswith(CODE_DEP)]
             new = code_deps(root, stage)
-            if old != new:
+            if code != new:
                 changed.append(stage)
-            out += [f"{indent}- {d}" for d in new] + [b for b in block if not b.strip()[2:].startswith(CODE_DEP)]
+            indent = line[:len(line) - len(line.lstrip())]
+            out += flow_list("deps", new + [d for d in old if not d.startswith(CODE_DEP)], indent)
+            i = j + 1
             continue
         out.append(line)
         i += 1

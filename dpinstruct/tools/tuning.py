@@ -54,6 +54,9 @@ from dpinstruct.io import params as P
 from dpinstruct.io.artifacts import read_metadata
 from dpinstruct.io.errors import ConfigError, InputError, PipelineError
 from dpinstruct.io.runner import setup_logging
+from dpinstruct.io.settings.generation import Generate, TrainGenerator
+from dpinstruct.io.settings.privacy import DpCount
+from dpinstruct.io.settings.rl import DpPpo, EvaluateRl
 from dpinstruct.models.loading import GENERATOR_DIR
 from dpinstruct.privacy.ledger import finite
 
@@ -108,18 +111,18 @@ def quantiles(values: np.ndarray) -> dict[str, float]:
 
 # --- ppo-clip -----------------------------------------------------------------------------------
 
-def ppo_settings(cfg: dict):
+def ppo_settings(cfg: DpPpo):
     """The dp_ppo stage's settings (``rl.dp_ppo``), by the one rule the stage uses."""
     from dpinstruct.rl import ppo
 
-    return ppo.PPOSettings.from_params(cfg, "rl.dp_ppo")
+    return ppo.PPOSettings.from_params(cfg)
 
 
 def tuning_prompts(params: dict, n: int, seed: int) -> pd.DataFrame:
     """``n`` public evaluation prompts: sorted by id, without the first ``rl.evaluate_rl.rows`` (the
     prompts evaluate_rl scores), then a seeded sample."""
     prompts = read_public(EVAL_PROMPTS, columns=["id", "prompt_ids"]).sort_values("id", kind="stable")
-    skip = int(((params.get("rl") or {}).get("evaluate_rl") or {}).get("rows", 0))
+    skip = EvaluateRl.read(params, "rows")
     pool = prompts.iloc[skip:] if len(prompts) > skip + n else prompts
     if n < 1 or len(pool) < n:
         raise ConfigError("--prompts", f"need 1 <= prompts <= {len(pool)} public prompts, got {n}")
@@ -156,7 +159,7 @@ def ppo_clip(params: dict, *, prompts: int = 128, seed: int = 0) -> dict:
     from dpinstruct.rl import ppo
     from dpinstruct.rl.reward import SentimentReward
 
-    cfg = params["rl"]["dp_ppo"]
+    cfg = DpPpo.from_params(params)
     s = ppo_settings(cfg)
     table = tuning_prompts(params, prompts, seed)
     if not (REWARD_DIR / "reward.json").exists():
@@ -164,8 +167,8 @@ def ppo_clip(params: dict, *, prompts: int = 128, seed: int = 0) -> dict:
     started = time.perf_counter()
     with_sft = (SFT_ADAPTER / "adapter_config.json").exists()
     base = merged_model(GENERATOR_DIR, SFT_ADAPTER) if with_sft else load_generator(GENERATOR_DIR)
-    torch.manual_seed(int(cfg["seed"]))  # LoRA init, as the stage
-    policy, tokenizer = lora_model(base, cfg["lora"])
+    torch.manual_seed(cfg.seed)  # LoRA init, as the stage
+    policy, tokenizer = lora_model(base, cfg.lora)
     reward = SentimentReward.load(REWARD_DIR)
     prompt_ids = table.prompt_ids.map(list).tolist()
     prompt_len = len(prompt_ids[0])
@@ -176,17 +179,17 @@ def ppo_clip(params: dict, *, prompts: int = 128, seed: int = 0) -> dict:
     old_logp, ref_logp = ppo.old_and_reference_logprobs(policy, hidden, ids, prompt_len, start)
     kl = ppo.kl_to_reference(old_logp, ref_logp).numpy()
     adv = ppo.advantages(rewards, kl, s.rollouts, s.kl_coef)
-    micro = ppo.micro_batches(ids, hidden, old_logp, adv, s.rollouts, int(cfg["prompts_per_micro"]))
+    micro = ppo.micro_batches(ids, hidden, old_logp, adv, s.rollouts, cfg.prompts_per_micro)
     gsm = GradSampleModule(policy, batch_first=True, loss_reduction="mean")  # as DPAdam wraps it
     trainable = [p for p in gsm.parameters() if p.requires_grad]
     norms = per_unit_grad_norms(gsm, trainable, micro, ppo.ppo_loss(s.clip_range, prompt_len, start))
     q = quantiles(norms)
     return {"prompts": len(norms), "policy": "base + DP-SFT adapter (merged)" if with_sft else "base generator alone "
             f"({SFT_ADAPTER} not found)", "source": f"{EVAL_PROMPTS} (public), without the first "
-            f"{int(params['rl'].get('evaluate_rl', {}).get('rows', 0))} by id (evaluate_rl's), seeded sample {seed}",
+            f"{EvaluateRl.read(params, 'rows')} by id (evaluate_rl's), seeded sample {seed}",
             "rollouts": s.rollouts, "new_tokens": s.new_tokens, "mean_reward": float(np.mean(rewards)),
             "quantiles": q, "mean": float(norms.mean()), "suggested_clip_norm": float(f"{q['q90']:.2g}"),
-            "median": q["q50"], "current_clip_norm": P.as_float(cfg["clip_norm"]),
+            "median": q["q50"], "current_clip_norm": cfg.clip_norm,
             "seconds": round(time.perf_counter() - started, 1)}
 
 
@@ -203,15 +206,15 @@ def split_public(rows: pd.DataFrame, seed: int,
     return rows[part == "train"].reset_index(drop=True), rows[part == "heldout"].reset_index(drop=True)
 
 
-def heldout_nll(model, tokenizer, texts: list[str], cfg: dict) -> tuple[float, int]:
+def heldout_nll(model, tokenizer, texts: list[str], cfg: TrainGenerator) -> tuple[float, int]:
     """(per-token NLL, scored rows) of ``texts`` as training records (prompt + instruction + EOS, rows
     longer than max_seq_len skipped): the measure of val_nll and bench_generator_utility."""
     from dpinstruct.models.instruction_loss import record_nll
     from dpinstruct.training.dp_adam import build_examples
 
-    examples, prompt_len, _ = build_examples(tokenizer, texts, cfg["prompt"], int(cfg["max_seq_len"]))
+    examples, prompt_len, _ = build_examples(tokenizer, texts, cfg.prompt, cfg.max_seq_len)
     if not examples:
-        raise InputError(PUBLIC_ROWS, f"no held-out row fits train_generator.max_seq_len={cfg['max_seq_len']}")
+        raise InputError(PUBLIC_ROWS, f"no held-out row fits train_generator.max_seq_len={cfg.max_seq_len}")
     nll, tokens = record_nll(model.eval(), examples, prompt_len, tokenizer.pad_token_id, "held-out NLL")
     return float(nll.sum() / tokens.sum()), len(examples)
 
@@ -222,11 +225,11 @@ def pool_yield(model, tokenizer, params: dict, samples: int) -> float:
     from dpinstruct.text.filters import dedup
     from dpinstruct.text.generation_parsing import parse
 
-    cfg, gen = params["train_generator"], params["generate"]
+    prompt, gen = TrainGenerator.read(params, "prompt"), Generate.from_params(params)
     merged = model.merge_and_unload().eval()
-    prompt_ids = tokenizer(cfg["prompt"], add_special_tokens=False)["input_ids"]
+    prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
     texts = sampler.sample(merged, prompt_ids, samples, eos_id=tokenizer.eos_token_id,
-                           max_new_tokens=gen["max_new_tokens"], top_p=gen["top_p"], temperature=gen["temperature"],
+                           max_new_tokens=gen.max_new_tokens, top_p=gen.top_p, temperature=gen.temperature,
                            generator=torch.Generator().manual_seed(0))
     special = set(tokenizer.all_special_ids)
     kept = [p.text for p in (parse(t, prompt_ids=prompt_ids, special_ids=special, tokenizer=tokenizer, rules=gen)
@@ -248,8 +251,8 @@ def generator_lr(params: dict, *, lrs=DEFAULT_LRS, seed: int = 0, heldout_share:
     train, heldout = split_public(public, seed, heldout_share)
     if train.empty or heldout.empty:
         raise InputError(PUBLIC_ROWS, f"the split left {len(train)} train and {len(heldout)} held-out rows")
-    cfg = params["train_generator"]
-    count_component = (P.as_float(params["dp_count"]["sigma"]), 1.0, 1)  # the real run's count, same calibration
+    cfg = TrainGenerator.from_params(params)
+    count_component = (DpCount.from_params(params).sigma, 1.0, 1)  # the real run's count, same calibration
     model, tokenizer = load_generator(GENERATOR_DIR)
     base_nll, scored = heldout_nll(model, tokenizer, heldout.instruction.tolist(), cfg)
     del model
@@ -283,7 +286,7 @@ def generator_lr(params: dict, *, lrs=DEFAULT_LRS, seed: int = 0, heldout_share:
                      "noise_multiplier": p.noise_multiplier, "sampling_rate": p.sampling_rate, "steps": p.steps,
                      "clip_norm": p.clip_norm, "expected_batch_size": p.expected_batch_size},
             "base_heldout_nll": base_nll, "runs": runs, "best_lr": best["lr"],
-            "current_lr": P.as_float(cfg["lr"])}
+            "current_lr": cfg.lr}
 
 
 # --- the command ----------------------------------------------------------------------------------

@@ -18,6 +18,7 @@ from tqdm import tqdm
 
 from dpinstruct.io import checkpoint
 from dpinstruct.io.params import params_hash
+from dpinstruct.io.settings.privacy import Randomness
 from dpinstruct.privacy import accounting as acct
 from dpinstruct.privacy.randomness import DPRandom
 
@@ -26,12 +27,12 @@ EPSILON_POINTS = 20
 
 
 class DPLoop:
-    def __init__(self, stage: str, *, privacy: dict | None, run_key: tuple, steps: int,
+    def __init__(self, stage: str, *, privacy: Randomness | None, run_key: tuple, steps: int,
                  noise_multiplier: float, sampling_rate: float, delta: float, checkpoint_dir: Path | str,
                  live_dir: Path | str, checkpoint_every: int):
         """``run_key``: ``dpinstruct.privacy.run_key.run_key(...)`` of this run (params, every input's
         digest, the code), to which both streams are bound; ``privacy`` the randomness setting
-        (params' ``privacy`` section: ``key_file`` / ``secure_mode``), the same for every DP stage."""
+        (params' ``privacy.key_file`` / ``privacy.secure_mode``), the same for every DP stage."""
         self.sampler = DPRandom.for_purpose(f"{stage}/poisson", *run_key, privacy=privacy)
         self.noise = DPRandom.for_purpose(f"{stage}/noise", *run_key, privacy=privacy)
         # A checkpoint is resumed only by the very same run: params, plan, data, weights, code and key.

@@ -5,7 +5,7 @@ sigma from params and the DP count alone, refused before any model work when uns
 the mechanism touches (``Scope``: dataset, partition, privacy unit, neighbouring relation) and
 then only runs its step body:
 
-    mech = DPSGDMechanism(scope, plan, privacy=params["privacy"], run_key=key, ...)
+    mech = DPSGDMechanism(scope, plan, privacy=Randomness.from_params(params), run_key=key, ...)
     dp = mech.optimizer(model, lr=...)
     for step in mech.steps(desc=...):
         batch = mech.sample(n)            # Poisson sample from the keyed stream
@@ -26,6 +26,7 @@ import numpy as np
 
 from dpinstruct.io.fingerprint import fingerprint
 from dpinstruct.io.params import params_hash
+from dpinstruct.io.settings.privacy import Randomness
 from dpinstruct.privacy import accounting as acct
 from dpinstruct.privacy import ledger
 from dpinstruct.training.dp_adam import DPAdam, poisson_sample
@@ -46,7 +47,7 @@ class Scope:
 
 
 class DPSGDMechanism:
-    def __init__(self, scope: Scope, plan: acct.DPSGDPlan, *, privacy: dict | None, run_key: tuple,
+    def __init__(self, scope: Scope, plan: acct.DPSGDPlan, *, privacy: Randomness | None, run_key: tuple,
                  checkpoint_dir: Path | str, live_dir: Path | str, checkpoint_every: int):
         """``run_key``: ``dpinstruct.privacy.run_key.run_key(...)`` of this run; the plan is bound
         into the streams on top of it. ``privacy``: params' randomness setting (key_file / secure_mode)."""
@@ -55,8 +56,9 @@ class DPSGDMechanism:
         # The machine is bound too (device, CPU kernels, torch/MKL versions, threads): a param such as
         # bf16: auto resolves by device, and one run key on a CPU and on a GPU would otherwise draw
         # the same sample and noise for two different computations.
-        self.loop = DPLoop(scope.stage, privacy=privacy,
-                           run_key=(*run_key, params_hash(plan.as_dict()), f"machine:{params_hash(fingerprint())}"),
+        # ``run_key`` here is the whole binding: a stage's other keyed streams (DP-PPO's rollouts) use it too
+        self.run_key = (*run_key, params_hash(plan.as_dict()), f"machine:{params_hash(fingerprint())}")
+        self.loop = DPLoop(scope.stage, privacy=privacy, run_key=self.run_key,
                            steps=plan.steps, noise_multiplier=plan.effective_noise_multiplier,
                            sampling_rate=plan.sampling_rate, delta=plan.delta, checkpoint_dir=checkpoint_dir,
                            live_dir=live_dir, checkpoint_every=int(checkpoint_every))

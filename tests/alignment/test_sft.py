@@ -8,10 +8,11 @@ import torch
 
 from dpinstruct.alignment.sft import SFTSettings, make_trainer, train_adapter, training_pairs
 from dpinstruct.io.errors import InputError
+from dpinstruct.io.settings.models import Lora
 from dpinstruct.models.loading import load_tokenizer
 
 SETTINGS = SFTSettings(examples=6, steps=2, batch_size=3, lr=1e-3, max_length=96,
-                       lora={"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": ["q_proj", "v_proj"]}, seed=0)
+                       lora=Lora(r=4, alpha=8, dropout=0.0, target_modules=["q_proj", "v_proj"]), seed=0)
 
 
 def annotated(n=10):

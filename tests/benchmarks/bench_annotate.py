@@ -5,7 +5,7 @@ Run from the repository root after `dvc repro prepare` (needs data/models and da
     .venv/bin/python -m tests.benchmarks.bench_annotate [--n 64] [--latency 0.05]
 (1) Local: the same `n` real test instructions, chat template applied, greedy, `annotate.max_new_tokens`,
     batches of `annotate.local.batch_size`: stock transformers `generate` (left-padded batch) against
-    the annotator's sampler (`batch_sampler.sample_prompts`); new tokens counted up to each row's EOS.
+    the annotator's sampler (`sampler.sample` on a batch of prompts); new tokens counted up to each row's EOS.
 (2) Endpoint: the real `openai` client (OpenAIChatBackend, fresh cache) sends `n` requests to the
     test server on 127.0.0.1 that answers each after `latency` seconds (a stand-in for a model
     server's time per request), at concurrency 1 and 8.
@@ -25,7 +25,7 @@ import torch
 from dpinstruct.alignment.backends import OpenAIChatBackend, Request
 from dpinstruct.alignment.chat import chat_ids, user
 from dpinstruct.io import params as P
-from dpinstruct.models import batch_sampler
+from dpinstruct.models import sampler
 from dpinstruct.models.loading import GENERATOR_DIR, load_generator
 from tests.alignment.openai_server import FakeOpenAI, Reply, answer_for
 
@@ -45,8 +45,8 @@ def local(n: int, cfg: dict) -> dict:
         for i in range(0, n, batch):
             part = prompts[i:i + batch]
             if name == "ours":
-                rows = batch_sampler.sample_prompts(model, part, eos_id=eos, pad_id=eos, max_new_tokens=new, top_p=1.0,
-                                              temperature=0.0, generator=torch.Generator())
+                rows = sampler.sample(model, part, eos_id=eos, pad_id=eos, max_new_tokens=new, top_p=1.0,
+                                      temperature=0.0, generator=torch.Generator())
             else:
                 width = max(len(p) for p in part)
                 ids = torch.tensor([[eos] * (width - len(p)) + p for p in part])

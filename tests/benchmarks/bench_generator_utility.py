@@ -19,6 +19,7 @@ import pandas as pd
 import torch
 
 from dpinstruct.io import params as P
+from dpinstruct.io.settings.generation import Generate, TrainGenerator
 from dpinstruct.models import sampler
 from dpinstruct.models.instruction_loss import record_nll
 from dpinstruct.privacy import dp_count
@@ -47,26 +48,26 @@ def main() -> None:
     args = parser.parse_args()
     overrides = json.loads(args.overrides)
     params = apply(P.load(), overrides)
-    cfg, gen = params["train_generator"], params["generate"]
+    cfg, gen = TrainGenerator.from_params(params), Generate.from_params(params)
     texts = pd.read_parquet("data/prepared/train.parquet").instruction.tolist()
     scratch, start = tempfile.mkdtemp(), time.perf_counter()
     noisy_count, count_component, _ = dp_count.read("instructions")  # the pipeline's DP count, as train_generator
     # train_generator's whole run key (params with the overrides, split, weights, count, code) plus this
     # benchmark's tag: its noise is never a release's noise, nor another setting's
-    sections = (params["train_generator"], params.get("privacy"), params.get("histogram"), params.get("user_level"))
-    key = (*run_key(dp_generator.STAGE, sections, train_generator.INPUTS), "bench:generator_utility")
+    key = (*run_key(dp_generator.STAGE, dp_generator.sections(params), train_generator.INPUTS),
+           "bench:generator_utility")
     fitted = dp_generator.fit(params, texts, units=None, noisy_count=noisy_count, count_component=count_component,
                               run_key=key, checkpoint_dir=f"{scratch}/ck",
                               live_dir=f"{scratch}/live")
     train_s = time.perf_counter() - start
     model, tok = fitted.model.eval(), fitted.tokenizer
     val = pd.read_parquet("data/prepared/val.parquet").instruction.tolist()
-    examples, prompt_len, _ = build_examples(tok, val, cfg["prompt"], cfg["max_seq_len"])
+    examples, prompt_len, _ = build_examples(tok, val, cfg.prompt, cfg.max_seq_len)
     nll, tokens = (x.sum() for x in record_nll(model, examples, prompt_len, tok.pad_token_id, "val NLL"))
     merged = model.merge_and_unload().eval()
-    prompt_ids = tok(cfg["prompt"], add_special_tokens=False)["input_ids"]
+    prompt_ids = tok(cfg.prompt, add_special_tokens=False)["input_ids"]
     samples = sampler.sample(merged, prompt_ids, args.samples, eos_id=tok.eos_token_id,
-                             max_new_tokens=gen["max_new_tokens"], top_p=gen["top_p"], temperature=gen["temperature"],
+                             max_new_tokens=gen.max_new_tokens, top_p=gen.top_p, temperature=gen.temperature,
                              generator=torch.Generator().manual_seed(0))
     special = set(tok.all_special_ids)
     kept = [p.text for p in (parse(t, prompt_ids=prompt_ids, special_ids=special, tokenizer=tok, rules=gen)

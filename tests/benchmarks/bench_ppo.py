@@ -21,6 +21,7 @@ import pandas as pd
 import torch
 
 from dpinstruct.io import params as P
+from dpinstruct.io.settings.rl import DpPpo
 from dpinstruct.models.loading import GENERATOR_DIR
 from dpinstruct.models.lora import lora_model, merged_model
 from dpinstruct.models.trunk import first_adapted_layer
@@ -36,12 +37,12 @@ def main() -> None:
     parser.add_argument("--prompts", type=int, default=125)
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
-    cfg = P.load()["rl"]["dp_ppo"]
+    cfg = DpPpo.from_params(P.load())
     s = stage.settings(cfg)
     torch.manual_seed(0)
-    policy, tokenizer = lora_model(merged_model(GENERATOR_DIR, stage.SFT_ADAPTER), cfg["lora"])
+    policy, tokenizer = lora_model(merged_model(GENERATOR_DIR, stage.SFT_ADAPTER), cfg.lora)
     prompts = pd.read_parquet(stage.PROMPTS)
-    prompt_ids = prompts[prompts.partition == cfg["partition"]].prompt_ids.map(list).tolist()[:args.prompts]
+    prompt_ids = prompts[prompts.partition == cfg.partition].prompt_ids.map(list).tolist()[:args.prompts]
     prompt_len = len(prompt_ids[0])
     start = time.perf_counter()
     begin = first_adapted_layer(policy)

@@ -21,6 +21,8 @@ import numpy as np
 import pandas as pd
 
 from dpinstruct.io import params as P
+from dpinstruct.io.settings.privacy import Budget, DpCount
+from dpinstruct.io.settings.rlhf import DpRewardModel
 from dpinstruct.privacy import accounting as acct
 from dpinstruct.privacy import dp_count
 from dpinstruct.privacy.randomness import DPRandom
@@ -35,7 +37,7 @@ def main() -> None:
     parser.add_argument("--draws", type=int, default=3)
     args = parser.parse_args()
     params = P.load()
-    cfg = params["rlhf"]["dp_reward_model"]
+    cfg = DpRewardModel.from_params(params)
     pairs = pd.read_parquet("data/rlhf/pairs.parquet")
     train = pairs[pairs.partition == "reward"].head(args.train)
     heldout = pairs[pairs.partition == "heldout"]
@@ -50,19 +52,20 @@ def main() -> None:
         deltas = feats["train"]["chosen"] - feats["train"]["rejected"]
         row = {"feature_seconds": round(seconds, 1),
                "seconds_per_1000_texts": round(1000 * seconds / (2 * (len(train) + len(heldout))), 1)}
-        for label, budget in (("dp", params["rlhf"]["privacy"]), ("non_private", {"epsilon": math.inf, "delta": 1e-5})):
+        for label, budget in (("dp", Budget.from_params(params, "rlhf.privacy")),
+                              ("non_private", Budget(epsilon=math.inf, delta=1e-5))):
             # as dp_count@hh_rlhf and dp_reward_model do it: a DP count of these comparisons (a fresh OS
             # draw, like the rest of this benchmark) gives the divisor q x N~ and is a prior of the calibration
-            count_sigma = 0.0 if math.isinf(P.as_float(budget["epsilon"])) else P.as_float(params["dp_count"]["sigma"])
+            count_sigma = 0.0 if math.isinf(budget.epsilon) else DpCount.from_params(params).sigma
             noisy_count = dp_count.release(len(deltas), count_sigma, DPRandom(None))
             plan = acct.plan_dp_sgd(budget, budget_name="rlhf.privacy", noisy_count=noisy_count,
-                                    sampling_rate=P.as_float(cfg["sampling_rate"]), steps=int(cfg["steps"]),
-                                    clip_norm=P.as_float(cfg["clip_norm"]), prior=[(count_sigma, 1.0, 1)],
+                                    sampling_rate=cfg.sampling_rate, steps=cfg.steps,
+                                    clip_norm=cfg.clip_norm, prior=[(count_sigma, 1.0, 1)],
                                     prior_label="the DP count of the reward part")
             accs, start = [], time.perf_counter()
             for _ in range(args.draws):
                 head, stream = bt.BradleyTerryHead(deltas.shape[1]), DPRandom(None)
-                dp = DPAdam(head, lr=P.as_float(cfg["lr"]), noise_multiplier=plan.noise_multiplier,
+                dp = DPAdam(head, lr=cfg.lr, noise_multiplier=plan.noise_multiplier,
                             clip_norm=plan.clip_norm, expected_batch_size=plan.expected_batch_size, noise=stream)
                 bt.train_head(dp, deltas, stream, plan.sampling_rate, range(plan.steps))
                 accs.append(accuracy(bt.head_weight(head), feats["heldout"]["chosen"], feats["heldout"]["rejected"]))

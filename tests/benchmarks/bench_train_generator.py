@@ -38,6 +38,7 @@ LEVERS = {"loss": "fused", "layers": None, "bf16": False, "compile": None}
 
 
 def setup():
+    from dpinstruct.io.settings.models import Lora
     from dpinstruct.models.loading import GENERATOR_DIR
     from dpinstruct.models.lora import lora_model
     from dpinstruct.training.dp_adam import build_examples
@@ -45,7 +46,7 @@ def setup():
     cfg = yaml.safe_load(open("params.yaml"))["train_generator"]
     torch.manual_seed(0)
     lora = dict(cfg["lora"], **({"layers": list(range(LEVERS["layers"], 30))} if LEVERS["layers"] else {}))
-    model, tok = lora_model(GENERATOR_DIR, lora)
+    model, tok = lora_model(GENERATOR_DIR, Lora(**lora))
     if LEVERS["compile"]:
         # 30 blocks share one forward: without room in dynamo's cache, all but 8 would run eagerly.
         torch._dynamo.config.cache_size_limit = torch._dynamo.config.accumulated_cache_size_limit = 512

@@ -25,7 +25,3 @@ def test_as_float_reads_the_spellings_of_infinity():
     assert P.as_float(".inf") == P.as_float("Infinity") == P.as_float(float("inf")) == math.inf
     assert P.as_float(3) == 3.0
 
-
-def test_a_missing_section_is_named():
-    with pytest.raises(KeyError, match="params.yaml has no 'histogram' section"):
-        P.section({"privacy": {}}, "histogram")

@@ -6,6 +6,7 @@ import pytest
 import torch
 from opacus import GradSampleModule
 
+from dpinstruct.io.settings.models import Lora
 from dpinstruct.models.instruction_loss import instruction_loss, row_nll
 from dpinstruct.models.lora import lora_model
 from dpinstruct.models.trunk import first_adapted_layer
@@ -34,7 +35,7 @@ def per_example_grads(model, loss_fn, batch):
 @pytest.mark.parametrize("layers", [None, [26, 27, 28, 29]])
 def test_instruction_loss_equals_the_plain_loss_values_and_per_example_gradients(tiny_generator_dir, layers):
     torch.manual_seed(0)
-    model, tokenizer = lora_model(tiny_generator_dir, LORA | ({"layers": layers} if layers else {}))
+    model, tokenizer = lora_model(tiny_generator_dir, Lora(**LORA | ({"layers": layers} if layers else {})))
     for name, p in model.named_parameters():  # a trained-looking adapter: lora_B is zero at init
         if "lora_B" in name:
             p.data.normal_(0, 0.02)
@@ -61,7 +62,7 @@ def test_bf16_autocast_stays_within_tolerance_of_fp32(generator_dir):
     record's gradient at cosine >= 0.95 to fp32's (measured >= 0.979) with its norm within 10% (measured 6.8%; the
     clip factor's input). Clipping then runs in fp32 (dp_adam); the DP noise per coordinate is far larger."""
     torch.manual_seed(0)
-    model, tokenizer = lora_model(generator_dir, LORA | {"layers": [26, 27, 28, 29]})
+    model, tokenizer = lora_model(generator_dir, Lora(**LORA | {"layers": [26, 27, 28, 29]}))
     for name, p in model.named_parameters():
         if "lora_B" in name:
             p.data.normal_(0, 0.02)

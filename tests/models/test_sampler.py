@@ -1,5 +1,7 @@
 """The fast sampler draws from the same distribution as transformers' generate: same nucleus, same
-next-token logits through the preallocated, compacting KV cache, same greedy path."""
+next-token logits through the preallocated, compacting KV cache, same greedy path; and its one
+decoder gives every row of a batch of prompts (equal or unequal lengths, left-padded) the tokens of
+its prompt decoded alone."""
 from __future__ import annotations
 
 import pytest
@@ -109,3 +111,57 @@ def test_sampling_is_deterministic_for_a_seed_and_changes_with_it(model_and_toke
     assert draw(0) == first and draw(1) != first
     assert all(1 <= len(t) <= 12 for t in first)
     assert all(t[-1] == tokenizer.eos_token_id or len(t) == 12 for t in first)  # stops at EOS
+
+
+
+def mixed_prompts(tokenizer) -> list[list[int]]:
+    """Prompts of different lengths: two chat prompts sharing the template's prefix and two of one
+    length (5 tokens, as DP-PPO's) sharing nothing with them."""
+    from dpinstruct.alignment.chat import chat_ids, user
+
+    chats = [chat_ids(tokenizer, user(t), generation_prompt=True) for t in ("Name three rivers.", "What is a tuple?")]
+    plain = [tokenizer(t, add_special_tokens=False)["input_ids"][:5] for t in ("This movie was a total", "I went to see it")]
+    return chats + plain
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.0])
+def test_each_row_of_a_batch_of_prompts_decodes_as_its_prompt_alone(model_and_tokenizer, temperature):
+    """With one generator per row, each row of a batch of prompts of unequal lengths (left-padded
+    under the attention mask, each row counting its own positions) and of a batch of equal-length
+    prompts (no padding) gets the tokens of its prompt decoded alone (the one-prompt path, which
+    never pads). The tiny model's near-uniform distribution makes every draw hinge on the logits:
+    attending to the padding changes the tokens of most rows."""
+    model, tokenizer = model_and_tokenizer
+    prompts = mixed_prompts(tokenizer)
+    kw = {"eos_id": tokenizer.eos_token_id, "max_new_tokens": 6, "top_p": 1.0, "temperature": temperature,
+          "pad_id": tokenizer.pad_token_id}
+    batch = sampler.sample(model, prompts, generator=sampler.RowGenerators.from_seeds(range(4)), **kw)
+    alone = [sampler.sample(model, p, 1, generator=sampler.RowGenerators.from_seeds([i]), **kw)[0]
+             for i, p in enumerate(prompts)]
+    assert batch == alone
+    assert sampler.sample(model, prompts[2:], generator=sampler.RowGenerators.from_seeds([2, 3]), **kw) == alone[2:]
+    if temperature == 0:  # greedy: a padded row is also transformers' greedy decoding of its prompt
+        for p, row in zip(prompts[:2], batch):
+            greedy = model.generate(torch.tensor([p]), do_sample=False, max_new_tokens=6,
+                                    eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+            assert row == greedy[0, len(p):].tolist()[:len(row)]
+
+
+@pytest.mark.parametrize("one_prompt", [True, False])
+def test_row_generators_follow_their_rows_when_finished_rows_leave_the_batch(model_and_tokenizer, one_prompt):
+    """A row that ends early leaves the batch (the cache is compacted); every other row must keep
+    drawing from its own generator, in both paths. The end is forced: EOS is the token row 1 drew at
+    step 2 of a run without one, so row 1 stops there and the others go on after the compaction."""
+    model, tokenizer = model_and_tokenizer
+    prompts, seeds = mixed_prompts(tokenizer)[:3], [11, 12, 13]
+    kw = {"max_new_tokens": 6, "top_p": 1.0, "temperature": 1.0, "pad_id": tokenizer.pad_token_id}
+
+    def run(eos_id: int, rows: list[int]) -> list[list[int]]:
+        batch = prompts[0] if one_prompt else [prompts[seeds.index(s)] for s in rows]
+        return sampler.sample(model, batch, len(rows) if one_prompt else 1, eos_id=eos_id,
+                              generator=sampler.RowGenerators.from_seeds(rows), **kw)
+
+    eos = run(-1, seeds)[1][2]
+    ended = run(eos, seeds)
+    assert len(ended[1]) == 3 and max(len(t) for t in ended) == 6  # row 1 left the batch; the others went on
+    assert ended == [run(eos, [s])[0] for s in seeds]

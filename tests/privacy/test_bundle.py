@@ -350,3 +350,16 @@ def test_drop_params_removes_a_section_also_nested():
                                                           "rlhf": {"privacy": 1}}
     assert values["rl"] == {"data": {"x": 1}, "privacy": {"epsilon": 4.0}}  # not edited in place
     assert bundle.drop_params(values, set()) == values
+
+
+def test_the_release_dataset_is_the_one_params_marks_not_a_constant(tmp_path):
+    from dpinstruct.io.errors import PrivacyConfigError
+    from dpinstruct.tools.bundle import release_dataset
+
+    marked = {"datasets": {"instructions": {"budget": "privacy"}, "imdb": {"budget": "rl.privacy", "release": True}}}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(marked))
+    assert release_dataset(tmp_path) == "imdb"
+    marked["datasets"]["instructions"]["release"] = True
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(marked))
+    with pytest.raises(PrivacyConfigError, match=r"exactly one dataset must be marked release: true, got \[('imdb', 'instructions'|'instructions', 'imdb')\]"):
+        release_dataset(tmp_path)

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
+from dpinstruct.io.settings.privacy import Randomness
 from dpinstruct.privacy import histogram as mechanism
 from dpinstruct.privacy.randomness import DPRandom
 
@@ -25,17 +26,17 @@ def test_noise_has_the_stated_scale(secure):
     # both outcomes near-certain: at 200,000 draws a 5% wrong scale has p ~ 1e-26, and the right
     # scale falls below 1e-6 once in a million runs.
     n = 200_000
-    random = DPRandom.for_purpose("test", "noise", privacy={"secure_mode": secure})
+    random = DPRandom.for_purpose("test", "noise", privacy=Randomness(secure_mode=secure))
     noise = mechanism.gaussian_noise(n, 10.0, random)
     assert stats.kstest(noise / 10.0, "norm").pvalue > 1e-6
     assert abs(noise.std() - 10.0) < 0.1 and abs(noise.mean()) < 0.15
     assert stats.kstest(noise / 10.5, "norm").pvalue < 1e-6
-    again = mechanism.gaussian_noise(n, 10.0, DPRandom.for_purpose("test", "noise", privacy={"secure_mode": secure}))
+    again = mechanism.gaussian_noise(n, 10.0, DPRandom.for_purpose("test", "noise", privacy=Randomness(secure_mode=secure)))
     assert np.array_equal(noise, again) != secure  # keyed: replayed by the key; secure: never
 
 
 def test_the_release_is_clipped_at_zero_and_exact_without_noise():
     labels = np.array([0, 0, 1])
-    keyed = DPRandom.for_purpose("test", "clip", privacy={"secure_mode": False})
+    keyed = DPRandom.for_purpose("test", "clip", privacy=Randomness(secure_mode=False))
     assert (mechanism.noisy_histogram(labels, 50, 10.0, keyed) >= 0).all()
     assert mechanism.noisy_histogram(labels, 3, 0.0, keyed).tolist() == [2.0, 1.0, 0.0]

@@ -12,6 +12,7 @@ import yaml
 from scipy import stats
 
 from dpinstruct.io.errors import PrivacyConfigError
+from dpinstruct.io.settings.privacy import Randomness
 from dpinstruct.privacy import randomness as R
 
 
@@ -23,7 +24,7 @@ def key_file(tmp_path, monkeypatch):
 
 
 def stream(purpose="p", *binding, secure=False):
-    return R.DPRandom.for_purpose(purpose, *(binding or ("b",)), privacy={"secure_mode": secure})
+    return R.DPRandom.for_purpose(purpose, *(binding or ("b",)), privacy=Randomness(secure_mode=secure))
 
 
 def test_key_is_made_once_private_and_reused(key_file):
@@ -37,8 +38,8 @@ def test_key_is_made_once_private_and_reused(key_file):
 def test_key_file_from_params_when_no_environment_variable(tmp_path, monkeypatch):
     monkeypatch.delenv(R.KEY_FILE_ENV, raising=False)
     path = tmp_path / "from-params.key"
-    assert R.key_path({"key_file": str(path)}) == path
-    assert R.key_path(None) == R.key_path({}) and R.key_path(None).name == "secret.key"
+    assert R.key_path(Randomness(key_file=str(path))) == path
+    assert R.key_path(None) == R.key_path(Randomness()) and R.key_path(None).name == "secret.key"
     assert ".config" in R.key_path(None).parts  # outside the project, so queued `dvc exp` copies find it
 
 
@@ -78,8 +79,8 @@ def test_an_existing_private_key_outside_any_project_is_used(tmp_path, monkeypat
     path.parent.mkdir()
     path.write_bytes(b"k" * 32)
     path.chmod(0o600)
-    assert R.load_key({"key_file": str(path)}) == b"k" * 32
-    stream = R.DPRandom.for_purpose("p", "b", privacy={"key_file": str(path)})
+    assert R.load_key(Randomness(key_file=str(path))) == b"k" * 32
+    stream = R.DPRandom.for_purpose("p", "b", privacy=Randomness(key_file=str(path)))
     assert stream.replayable and stream.uniform(4).shape == (4,)
 
 
@@ -131,15 +132,15 @@ def test_relative_key_paths_are_refused(tmp_path, monkeypatch):
     monkeypatch.delenv(R.KEY_FILE_ENV, raising=False)
     with pytest.raises(PrivacyConfigError, match=r"privacy.key_file is the relative path 'keys/secret.key'.*"
                                                  r"`dvc exp run`.*NEW key"):
-        R.load_key({"key_file": "keys/secret.key"})
+        R.load_key(Randomness(key_file="keys/secret.key"))
     monkeypatch.setenv("KEYS", "keys")  # $VARS are expanded first: still relative
     with pytest.raises(PrivacyConfigError, match=r"privacy.key_file is the relative path '\$KEYS/secret.key'"):
-        R.key_path({"key_file": "$KEYS/secret.key"})
+        R.key_path(Randomness(key_file="$KEYS/secret.key"))
     monkeypatch.setenv(R.KEY_FILE_ENV, "secret.key")
     with pytest.raises(PrivacyConfigError, match=r"\$DPINSTRUCT_KEY_FILE is the relative path 'secret.key'"):
-        R.load_key({"key_file": str(tmp_path / "absolute.key")})  # the environment variable wins, and is refused
+        R.load_key(Randomness(key_file=str(tmp_path / "absolute.key")))  # the environment variable wins, and is refused
     with pytest.raises(PrivacyConfigError, match="relative path"):
-        R.DPRandom.for_purpose("p", "b", privacy={})
+        R.DPRandom.for_purpose("p", "b", privacy=Randomness())
     assert not list(tmp_path.iterdir())  # no key made in the working directory
     monkeypatch.setenv(R.KEY_FILE_ENV, "~/.config/dpinstruct/secret.key")
     assert R.key_path(None).is_absolute() and "~" not in str(R.key_path(None))

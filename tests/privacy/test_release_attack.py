@@ -33,6 +33,7 @@ import torch
 import yaml
 
 from dpinstruct.io import params as P
+from dpinstruct.io.settings.privacy import Randomness
 from dpinstruct.privacy import randomness as R
 from dpinstruct.privacy.histogram import release
 from dpinstruct.privacy.randomness import DPRandom
@@ -171,17 +172,22 @@ def public_int_seeds() -> tuple[int, ...]:
 
 # --- the attack -------------------------------------------------------------------------------
 
+class Candidate(Randomness):
+    """The randomness setting of a keyed run, with the key the attacker guesses."""
+    candidate_key: bytes
+
+
 @contextmanager
 def chosen_keys():
-    """DPRandom.for_purpose with the key the attacker chooses (privacy["candidate_key"]): the
+    """DPRandom.for_purpose with the key the attacker chooses (``Candidate.candidate_key``): the
     project's own derivation of a stream from a key, replayed with a guess for the key."""
     with pytest.MonkeyPatch.context() as m:
-        m.setattr(R, "load_key", lambda privacy: privacy["candidate_key"])
+        m.setattr(R, "load_key", lambda privacy: privacy.candidate_key)
         yield
 
 
 def keyed_stream(key: bytes, purpose: str, binding: tuple) -> DPRandom:
-    return DPRandom.for_purpose(purpose, *binding, privacy={"secure_mode": False, "candidate_key": key})
+    return DPRandom.for_purpose(purpose, *binding, privacy=Candidate(secure_mode=False, candidate_key=key))
 
 
 @functools.lru_cache(maxsize=None)

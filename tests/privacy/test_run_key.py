@@ -11,10 +11,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from dpinstruct.io.settings.privacy import Randomness
 from dpinstruct.privacy import run_key as rk
 from dpinstruct.privacy.randomness import DPRandom
 
-PRIVACY = {"epsilon": 6.0, "delta": 1e-5, "secure_mode": False}
+PRIVACY = {"epsilon": 6.0, "delta": 1e-5, "secure_mode": False}  # a params section the key binds
+RANDOMNESS = Randomness(secure_mode=False)
 STAGE = "histogram"  # a real stage module: the code digest is its import closure
 PARAMS = ({"sigma": 10.0, "k": 8}, PRIVACY)
 DATA, MODEL = Path("data/prepared/train.parquet"), Path("data/models/generator")
@@ -37,8 +39,8 @@ def inputs(tmp_path, monkeypatch, tmp_path_factory):
 def draws(stage=STAGE, params=PARAMS, paths=(DATA, MODEL), module=None) -> tuple[tuple, dict]:
     """(run key, first draws of the stage's noise and Poisson streams bound to it)."""
     key = rk.run_key(stage, params, paths, module=module)
-    noise = DPRandom.for_purpose(f"{stage}/noise", *key, privacy=PRIVACY).normal((6,), 1.0)
-    poisson = DPRandom.for_purpose(f"{stage}/poisson", *key, privacy=PRIVACY).uniform(6)
+    noise = DPRandom.for_purpose(f"{stage}/noise", *key, privacy=RANDOMNESS).normal((6,), 1.0)
+    poisson = DPRandom.for_purpose(f"{stage}/poisson", *key, privacy=RANDOMNESS).uniform(6)
     return key, {"noise": noise.tolist(), "poisson": poisson.tolist()}
 
 
@@ -152,8 +154,8 @@ def test_the_stage_name_changes_the_key_and_the_draws(inputs):
     other = rk.run_key("dp_count@imdb_sft", PARAMS, (DATA,), module="dp_count")
     assert one[1:] == other[1:] and one != other
     purpose = "dp_count/noise"  # the same purpose string: only the run key tells the streams apart
-    a = DPRandom.for_purpose(purpose, *one, privacy=PRIVACY).normal((6,), 1.0)
-    b = DPRandom.for_purpose(purpose, *other, privacy=PRIVACY).normal((6,), 1.0)
+    a = DPRandom.for_purpose(purpose, *one, privacy=RANDOMNESS).normal((6,), 1.0)
+    b = DPRandom.for_purpose(purpose, *other, privacy=RANDOMNESS).normal((6,), 1.0)
     assert not np.isclose(a, b).any()
     # and a different module under the same name is other code
     assert rk.run_key("dp_count@instructions", PARAMS, (DATA,), module="histogram")[-1] != one[-1]

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from dpinstruct.io.errors import ConfigError
+from dpinstruct.io.settings.privacy import Randomness, UserLevel
 from dpinstruct.privacy import user_level as U
 from dpinstruct.privacy.randomness import DPRandom
 from dpinstruct.training import dp_adam as D
@@ -17,7 +18,7 @@ from tests.training.test_dp_adam import TEXTS, batch_of, lora, per_example_grads
 
 
 def keyed(purpose):
-    return DPRandom.for_purpose(purpose, "user-level-test", privacy={"secure_mode": False})
+    return DPRandom.for_purpose(purpose, "user-level-test", privacy=Randomness(secure_mode=False))
 
 
 def synthetic_users(n_users=40, seed=0):
@@ -37,14 +38,14 @@ def test_units_group_rows_by_user_and_rows_without_one_stand_alone():
     assert frame.dropna().groupby("user").unit.nunique().eq(1).all()
     assert frame[frame.user.isna()].unit.is_unique
     assert units.max() + 1 == frame.user.nunique() + frame.user.isna().sum()
-    assert U.units(users, ids, {"enabled": False}) is None
-    assert (U.units(users, ids, {"enabled": True}) == units).all()
+    assert U.units(users, ids, False) is None
+    assert (U.units(users, ids, True) == units).all()
 
 
 @pytest.mark.parametrize("value", [None, "yes", 1])
 def test_the_unit_is_a_param_never_inferred(value):
-    with pytest.raises(ConfigError, match="user_level.enabled"):
-        U.enabled({"enabled": value})
+    with pytest.raises(ConfigError, match=rf"user_level\.enabled: must be true or false, got {value!r}"):
+        UserLevel.read({"user_level": {"enabled": value}}, "enabled")
 
 
 def test_users_are_sampled_whole_at_rate_q_and_capped():
@@ -104,8 +105,8 @@ def test_each_user_spreads_one_vote_so_removing_a_user_moves_counts_by_at_most_o
 
 @pytest.mark.parametrize("bad", [0, -1, 2.5, "8", True, None])
 def test_max_records_per_user_must_be_a_positive_integer(bad):
-    with pytest.raises(ConfigError, match="user_level.max_records_per_user"):
-        U.max_records({"max_records_per_user": bad})
+    with pytest.raises(ConfigError, match=r"user_level\.max_records_per_user: must be an integer >= 1"):
+        UserLevel.read({"user_level": {"max_records_per_user": bad}}, "max_records_per_user")
 
 
 def test_a_users_records_are_averaged_then_clipped_as_one_gradient(lora):  # noqa: F811  (the fixture)

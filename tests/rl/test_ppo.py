@@ -5,11 +5,14 @@ prompts of its batch, and the trunk split computes the same log-probabilities as
 from __future__ import annotations
 
 import copy
+import dataclasses
 
 import numpy as np
 import pytest
 import torch
 
+from dpinstruct.io.settings.models import Lora
+from dpinstruct.io.settings.privacy import Randomness
 from dpinstruct.models.loading import load_generator
 from dpinstruct.models.lora import lora_model
 from dpinstruct.models.trunk import first_adapted_layer
@@ -17,7 +20,7 @@ from dpinstruct.privacy.randomness import DPRandom
 from dpinstruct.rl import ppo
 from dpinstruct.training.dp_adam import DPAdam
 
-LORA = {"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": ["q_proj", "v_proj"], "layers": [28, 29]}
+LORA = Lora(r=4, alpha=8, dropout=0.0, target_modules=["q_proj", "v_proj"], layers=[28, 29])
 SETTINGS = ppo.PPOSettings(rollouts=4, new_tokens=6, temperature=1.0, top_p=1.0, kl_coef=0.05, clip_range=0.2)
 TEXTS = ["This movie was a total", "I went to see this film", "The acting in this one", "Nothing about the plot of this film"]
 START = 28  # LORA's first layer
@@ -55,7 +58,7 @@ def batch(policy, n_prompts: int, seed: int = 0):
 def applied_gradient(policy, micro, *, clip, sigma=0.0, expected=1.0, per_unit=True):
     model, _ = policy
     dp = DPAdam(copy.deepcopy(model), lr=1e-3, noise_multiplier=sigma, clip_norm=clip, expected_batch_size=expected,
-                noise=DPRandom.for_purpose("test", "ppo", privacy={"secure_mode": False}))
+                noise=DPRandom.for_purpose("test", "ppo", privacy=Randomness(secure_mode=False)))
     seen = []
     dp.optimizer.attach_step_hook(lambda o: seen.append(torch.cat([p.grad.flatten() for p in o.params])))
     if not per_unit:
@@ -97,11 +100,12 @@ def test_the_group_baseline_reads_only_the_prompts_own_rollouts():
 def test_rollouts_are_fixed_length_and_seeded(policy):
     model, tokenizer = policy
     prompt = tokenizer("A film about", add_special_tokens=False)["input_ids"]
-    a = ppo.rollouts(model, [prompt], SETTINGS, generators(["a"], seed=3))
-    b = ppo.rollouts(model, [prompt], SETTINGS, generators(["a"], seed=3))
+    r = ppo.rollouts(model, [prompt], SETTINGS, generators(["a"], seed=3))
+    a, b = r.ids, ppo.rollouts(model, [prompt], SETTINGS, generators(["a"], seed=3)).ids
+    assert r.mask is None and r.width == len(prompt)  # one prompt length and no EOS: unpadded rows
     assert a.shape == (SETTINGS.rollouts, len(prompt) + SETTINGS.new_tokens) and torch.equal(a, b)
     assert (a[:, :len(prompt)] == torch.tensor(prompt)).all()
-    assert not torch.equal(a, ppo.rollouts(model, [prompt], SETTINGS, generators(["a"], seed=4)))
+    assert not torch.equal(a, ppo.rollouts(model, [prompt], SETTINGS, generators(["a"], seed=4)).ids)
 
 
 def test_a_prompts_rollouts_do_not_depend_on_the_rest_of_its_batch(policy):
@@ -112,23 +116,24 @@ def test_a_prompts_rollouts_do_not_depend_on_the_rest_of_its_batch(policy):
     prompts = [tokenizer(t, add_special_tokens=False)["input_ids"][:5] for t in TEXTS]
     keys = ["r0", "r1", "r2", "r3"]
     k = SETTINGS.rollouts
-    full = ppo.rollouts(model, prompts, SETTINGS, generators(keys))
-    without_r1 = ppo.rollouts(model, [prompts[i] for i in (0, 2, 3)], SETTINGS, generators([keys[i] for i in (0, 2, 3)]))
+    full = ppo.rollouts(model, prompts, SETTINGS, generators(keys)).ids
+    without_r1 = ppo.rollouts(model, [prompts[i] for i in (0, 2, 3)], SETTINGS,
+                              generators([keys[i] for i in (0, 2, 3)])).ids
     assert torch.equal(without_r1, torch.cat([full[:k], full[2 * k:]]))
-    reordered = ppo.rollouts(model, prompts[::-1], SETTINGS, generators(keys[::-1]))
+    reordered = ppo.rollouts(model, prompts[::-1], SETTINGS, generators(keys[::-1])).ids
     assert torch.equal(reordered[:k], full[3 * k:])
     # the same prompt text under another id (another record) gets its own draws
-    assert not torch.equal(ppo.rollouts(model, prompts[:1], SETTINGS, generators(["other"])), full[:k])
+    assert not torch.equal(ppo.rollouts(model, prompts[:1], SETTINGS, generators(["other"])).ids, full[:k])
 
 
 def test_a_keyed_child_seed_depends_on_its_parts_only():
-    stream = DPRandom.for_purpose("dp_ppo/rollouts", "binding", privacy={"secure_mode": False})
+    stream = DPRandom.for_purpose("dp_ppo/rollouts", "binding", privacy=Randomness(secure_mode=False))
     first = stream.child_seed(3, "train_pos_1", 0)
     stream.uniform(10)  # draws from the stream itself do not move it
     assert stream.child_seed(3, "train_pos_1", 0) == first
     assert len({first, stream.child_seed(3, "train_pos_1", 1), stream.child_seed(4, "train_pos_1", 0),
                 stream.child_seed(3, "train_pos_2", 0)}) == 4
-    other = DPRandom.for_purpose("dp_ppo/rollouts", "another binding", privacy={"secure_mode": False})
+    other = DPRandom.for_purpose("dp_ppo/rollouts", "another binding", privacy=Randomness(secure_mode=False))
     assert other.child_seed(3, "train_pos_1", 0) != first
     assert 0 <= first < 2 ** 63
 
@@ -181,3 +186,114 @@ def test_the_trunk_split_gives_the_full_forwards_log_probabilities(policy):
     assert (old - ref).abs().max() > 1e-3  # the adapter matters, so the check can fail
     # the split leaves the model whole afterwards
     assert len(model.base_model.model.model.layers) == 30
+
+
+# --- the padded path: prompts of different lengths, answers that end at EOS (RLHF) ---------------
+
+def chat_rollouts(policy, k: int = 2):
+    """k answers to chat prompts of three lengths, padded on both sides: EOS is the token the first
+    answer drew at step 2 of a run without one, so that answer ends there and the others (almost
+    surely) run to ``new_tokens``."""
+    from dpinstruct.alignment.chat import chat_ids, user
+
+    model, tokenizer = policy
+    prompts = [chat_ids(tokenizer, user(t), generation_prompt=True) for t in ("Name a river.", "What is a tuple?", "Hi")]
+    s, keys = dataclasses.replace(SETTINGS, rollouts=k), ["c0", "c1", "c2"]
+    eos = ppo.rollouts(model, prompts, s, generators(keys, k)).responses[0][2]
+    return prompts, ppo.rollouts(model, prompts, s, generators(keys, k), eos_id=eos, pad_id=tokenizer.pad_token_id)
+
+
+def test_padded_rollouts_are_scored_as_each_row_alone(policy):
+    """Left-padded prompts and right-padded answers: the trunk and the policy's and reference's
+    log-probabilities of each answer token are those of the row's own unpadded sequence (a full
+    forward), and exactly 0 after the answer's end. Fails if the padding is attended to or the
+    answer's end is not masked."""
+    model, _ = policy
+    prompts, r = chat_rollouts(policy)
+    assert r.mask is not None and len(r.responses[0]) == 3 and r.response_mask[0].tolist() == [1.0] * 3 + [0.0] * 3
+    assert r.width == max(len(p) for p in prompts)
+    hidden = ppo.trunk_states(model, r.ids, START, attention_mask=r.mask)
+    old, ref = ppo.old_and_reference_logprobs(model, hidden, r.ids, r.width, START, **r.masks)
+    for row, answer in enumerate(r.responses):
+        prompt = prompts[row // 2]
+        ids = torch.tensor([prompt + answer])
+        alone_old = ppo.policy_logprobs(model, ids, len(prompt))[0]
+        with model.disable_adapter():
+            alone_ref = ppo.policy_logprobs(model, ids, len(prompt))[0]
+        torch.testing.assert_close(old[row, :len(answer)], alone_old, atol=LOGP_TOL, rtol=0)
+        torch.testing.assert_close(ref[row, :len(answer)], alone_ref, atol=LOGP_TOL, rtol=0)
+        assert (old[row, len(answer):] == 0).all() and (ref[row, len(answer):] == 0).all()
+    assert (old - ref).abs().max() > 1e-3  # the adapter matters, so the comparison can fail
+
+
+def test_a_prompts_rollouts_and_losses_are_the_same_padded_or_not(policy):
+    """One PPO core for both paths: prompts of one length give unpadded rollouts (no mask); the same
+    prompts in a batch with a longer one are left-padded, and their rows keep the same answers,
+    log-probabilities and clipped-surrogate losses."""
+    model, tokenizer = policy
+    short = [tokenizer(t, add_special_tokens=False)["input_ids"][:5] for t in TEXTS[:2]]
+    longer = tokenizer(TEXTS[3], add_special_tokens=False)["input_ids"]
+    k, rows = SETTINGS.rollouts, 2 * SETTINGS.rollouts
+    dense = ppo.rollouts(model, short, SETTINGS, generators(["r0", "r1"]))
+    mixed = ppo.rollouts(model, short + [longer], SETTINGS, generators(["r0", "r1", "long"]))
+    assert dense.mask is None and dense.masks == {} and mixed.mask is not None and mixed.width == len(longer) > 5
+    assert mixed.responses[:rows] == dense.responses and len(mixed.responses) == rows + k
+    adv = np.concatenate([np.linspace(-1.0, 1.0, rows), np.ones(k)])
+    scores = []
+    for r in (dense, mixed):
+        hidden = ppo.trunk_states(model, r.ids, START, attention_mask=r.mask)
+        old, ref = ppo.old_and_reference_logprobs(model, hidden, r.ids, r.width, START, **r.masks)
+        batch = ppo.row_batches(r.ids, hidden, ref, adv[:len(r.ids)], len(r.ids), **r.masks)[0]
+        with torch.no_grad():  # the reference as the old policy: ratios off 1 by the adapter, so the clip acts
+            loss = ppo.ppo_loss(0.0005, r.width, START)(model, batch)
+        scores.append((old[:rows], ref[:rows], loss[:rows]))
+    for dense_part, mixed_part in zip(*scores):
+        torch.testing.assert_close(mixed_part, dense_part, atol=LOGP_TOL, rtol=0)
+
+
+def test_the_surrogate_of_padded_rows_averages_over_their_answer_tokens_only():
+    logp = torch.tensor([[-1.0, -2.0, -3.0], [-1.0, -2.0, -3.0]])
+    old = logp - torch.tensor([[0.1, -0.5, 0.0], [0.1, -0.5, 0.3]])  # ratios e^0.1, e^-0.5, 1 / e^0.3
+    adv, clip = torch.tensor([1.0, -2.0]), 0.2
+    ratio = torch.exp(logp - old)
+    per_token = torch.minimum(ratio * adv[:, None], ratio.clamp(1 - clip, 1 + clip) * adv[:, None])
+    mask = torch.tensor([[1.0, 1.0, 0.0], [1.0, 1.0, 1.0]])
+    loss = ppo.clipped_surrogate(logp, old, adv, clip, mask)
+    torch.testing.assert_close(loss, torch.stack([-per_token[0, :2].mean(), -per_token[1].mean()]))
+    # nothing after a row's end counts; unpadded rows average over every token
+    moved = logp.clone()
+    moved[0, 2] = 5.0
+    assert ppo.clipped_surrogate(moved, old, adv, clip, mask)[0] == loss[0]
+    torch.testing.assert_close(ppo.clipped_surrogate(logp, old, adv, clip), -per_token.mean(1))
+
+
+def test_the_plain_step_is_on_the_mean_loss_over_every_row(policy):
+    """``train_step`` (RLHF's update) accumulates over row batches of any sizes the gradient of the
+    mean loss over ALL rows: batches of 4 and 2 rows give the one-batch gradient and mean (a mean of
+    per-batch means would weigh the 2 rows double)."""
+    model, _ = policy
+    _, r = chat_rollouts(policy)
+    hidden = ppo.trunk_states(model, r.ids, START, attention_mask=r.mask)
+    _, ref = ppo.old_and_reference_logprobs(model, hidden, r.ids, r.width, START, **r.masks)
+    adv, loss_fn = np.linspace(-1.0, 2.0, len(r.ids)), ppo.ppo_loss(0.2, r.width, START)
+
+    def step(rows: int):
+        m = copy.deepcopy(model)
+        optimizer = torch.optim.SGD([p for p in m.parameters() if p.requires_grad], lr=0.0)
+        total = ppo.train_step(m, optimizer, ppo.row_batches(r.ids, hidden, ref, adv, rows, **r.masks), loss_fn)
+        return total, torch.cat([p.grad.flatten() for p in m.parameters() if p.requires_grad])
+
+    (whole, g_whole), (split, g_split) = step(len(r.ids)), step(4)
+    assert len(r.ids) == 6 and split == pytest.approx(whole, rel=1e-5)
+    with torch.no_grad():
+        assert whole == pytest.approx(float(loss_fn(model, ppo.row_batches(r.ids, hidden, ref, adv, 6, **r.masks)[0]).mean()),
+                                      rel=1e-5)
+    torch.testing.assert_close(g_split, g_whole, rtol=1e-4, atol=1e-7)
+    assert g_whole.abs().max() > 0
+
+
+def test_recording_the_trunk_while_decoding_refuses_padded_rows(policy):
+    model, tokenizer = policy
+    prompts = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in TEXTS[:2]]  # 6 and 5 tokens
+    with pytest.raises(ValueError, match="one length"):
+        ppo.rollouts_and_trunk(model, prompts, SETTINGS, generators(["a", "b"]), START)

@@ -12,7 +12,7 @@ import yaml
 
 from dpinstruct.io.artifacts import Outputs, read_metadata, table_metadata, write_parquet
 from dpinstruct.io.errors import PipelineError, PrivacyConfigError
-from dpinstruct.models import batch_sampler
+from dpinstruct.models import sampler
 from stages import annotate
 from tests.alignment.openai_server import FakeOpenAI, Reply, answer_for, ok
 
@@ -55,8 +55,8 @@ def test_local_annotation_keeps_the_class_and_resumes_exactly(project, monkeypat
         f.unlink()
     calls = []
 
-    real_sample = batch_sampler.sample_prompts
-    monkeypatch.setattr(batch_sampler, "sample_prompts", lambda *a, **k: calls.append(1) or real_sample(*a, **k))
+    real_sample = sampler.sample
+    monkeypatch.setattr(sampler, "sample", lambda *a, **k: calls.append(1) or real_sample(*a, **k))
     run("train", project)
     assert len(calls) == 1 and annotate.output("train").read_bytes() == first
 

@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from dpinstruct.io.settings.privacy import Randomness
 from dpinstruct.privacy import histogram as mechanism
 from dpinstruct.privacy.randomness import DPRandom
 from dpinstruct.privacy.run_key import run_key
@@ -22,7 +23,8 @@ def replayed(params: dict) -> np.ndarray:
     """exact counts + the noise of the stream the stage must draw from, clipped at 0."""
     privacy = params["privacy"]
     stream = DPRandom.for_purpose("histogram/noise", *run_key("histogram", (params["histogram"], privacy,
-                                                                           params["user_level"]), histogram.INPUTS), privacy=privacy)
+                                                                           params["user_level"]), histogram.INPUTS),
+                                  privacy=Randomness.from_params(params))
     return mechanism.release(exact(vectors(300, 1)), float(params["histogram"]["sigma"]), stream)
 
 

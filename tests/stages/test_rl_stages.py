@@ -18,7 +18,7 @@ import pytest
 import yaml
 
 from dpinstruct.io.artifacts import Outputs
-from dpinstruct.io.errors import PrivacyConfigError
+from dpinstruct.io.errors import ConfigError, PrivacyConfigError
 from dpinstruct.privacy import accounting as acct
 from dpinstruct.privacy import dp_count, ledger
 from dpinstruct.training import dp_adam, mechanism
@@ -207,7 +207,8 @@ def test_refused_settings(tiny):
     assert not dp_sft.ADAPTER_DIR.exists()
     run_dp_count("imdb_sft", tiny)
     rl["privacy"] = {"delta": 1e-3}
-    with pytest.raises(PrivacyConfigError, match="must set rl.privacy.epsilon"):
+    with pytest.raises(ConfigError, match=r"rl\.privacy\.epsilon: missing \(must be a number, or \.inf for a "
+                                          r"non-private run\)"):
         run(dp_sft.dp_sft, tiny)
     # DP-PPO on DP-SFT's own part composes with it; an entry that already spends the budget is refused
     rl["privacy"] = {"epsilon": 4.0, "delta": 1e-3}
@@ -287,16 +288,22 @@ def rl_dp_run(project) -> dict:
 def test_privacy_secure_mode_reaches_every_rl_dp_stage_and_rl_privacy_does_not_decide(tiny, monkeypatch,
                                                                                          tmp_path):
     # The randomness setting is params' `privacy` section (key_file, secure_mode) for every DP stage;
-    # rl.privacy holds the imdb budget only. Each half sets rl.privacy's would-be keys the other way,
-    # so a stage reading them would fail: secure_mode false there with privacy.secure_mode true, and
-    # secure_mode true and another key file there with privacy.secure_mode false.
+    # rl.privacy holds the imdb budget only: a randomness key there is refused by name, before any
+    # stage could read it (secure mode true there, with privacy.secure_mode false, is not a secure run).
     prepare(tiny)
     for stage in ("dp_sft", "dp_ppo"):
         tiny["rl"][stage]["steps"] = 2  # eight runs: two steps each show every stream
     monkeypatch.delenv("DPINSTRUCT_KEY_FILE")  # the key comes from privacy.key_file, not the environment
     key, decoy = tmp_path / "keys/secret.key", tmp_path / "keys/rl.key"
     tiny["privacy"]["key_file"] = str(key)
-    tiny["rl"]["privacy"].update(secure_mode=False, key_file=str(decoy))
+    budget = dict(tiny["rl"]["privacy"])
+    for misplaced in ({"secure_mode": True}, {"key_file": str(decoy)}):
+        tiny["rl"]["privacy"] = {**budget, **misplaced}
+        with pytest.raises(ConfigError, match=rf"rl\.privacy\.{next(iter(misplaced))}: unknown key"):
+            run_dp_count("imdb_sft", tiny)
+        with pytest.raises(ConfigError, match=rf"rl\.privacy\.{next(iter(misplaced))}: unknown key"):
+            run(dp_sft.dp_sft, tiny)
+    tiny["rl"]["privacy"] = budget
     tiny["privacy"]["secure_mode"] = True
     secure = [rl_dp_run(tiny) for _ in range(2)]
     assert not key.exists() and not decoy.exists()  # no key read in secure mode
@@ -314,7 +321,6 @@ def test_privacy_secure_mode_reaches_every_rl_dp_stage_and_rl_privacy_does_not_d
     # a ledger mixing these secure entries with keyed ones is refused: tests/stages/test_account_modes.py
 
     tiny["privacy"]["secure_mode"] = False
-    tiny["rl"]["privacy"].update(secure_mode=True)
     keyed = [rl_dp_run(tiny) for _ in range(2)]
     assert key.exists() and not decoy.exists()  # privacy.key_file's key, never rl.privacy's
     a, b = keyed

@@ -188,7 +188,7 @@ def test_unsafe_or_unusable_settings_are_refused(tiny):
     with pytest.raises(ConfigError, match="unknown prompt source 'judge'"):
         run(rlhf_ppo.rlhf_ppo, "judge", tiny)
     tiny["rlhf"]["rlhf_ppo"].update(rollouts=1)
-    with pytest.raises(ConfigError, match="rollouts >= 2"):
+    with pytest.raises(ConfigError, match=r"rlhf\.rlhf_ppo\.rollouts: must be an integer >= 2, got 1"):
         run(rlhf_ppo.rlhf_ppo, "release", tiny)
 
 
@@ -253,13 +253,20 @@ def reward_model_run(project) -> dict:
 def test_privacy_secure_mode_reaches_the_dp_reward_model_and_rlhf_privacy_does_not_decide(tiny, monkeypatch,
                                                                                           tmp_path):
     # The randomness setting is params' `privacy` section (key_file, secure_mode) for every DP stage;
-    # rlhf.privacy holds the hh_rlhf budget only. Each half sets rlhf.privacy's would-be keys the
-    # other way, so a stage reading them would fail.
+    # rlhf.privacy holds the hh_rlhf budget only: a randomness key there is refused by name, before
+    # any stage could read it.
     features(tiny)
     monkeypatch.delenv("DPINSTRUCT_KEY_FILE")  # the key comes from privacy.key_file, not the environment
     key, decoy = tmp_path / "keys/secret.key", tmp_path / "keys/rlhf.key"
     tiny["privacy"]["key_file"] = str(key)
-    tiny["rlhf"]["privacy"].update(secure_mode=False, key_file=str(decoy))
+    budget = dict(tiny["rlhf"]["privacy"])
+    for misplaced in ({"secure_mode": True}, {"key_file": str(decoy)}):
+        tiny["rlhf"]["privacy"] = {**budget, **misplaced}
+        with pytest.raises(ConfigError, match=rf"rlhf\.privacy\.{next(iter(misplaced))}: unknown key"):
+            run_dp_count(COUNT, tiny)
+        with pytest.raises(ConfigError, match=rf"rlhf\.privacy\.{next(iter(misplaced))}: unknown key"):
+            run(dp_reward_model.dp_reward_model, tiny)
+    tiny["rlhf"]["privacy"] = budget
     tiny["privacy"]["secure_mode"] = True
     secure = [reward_model_run(tiny) for _ in range(2)]
     assert not key.exists() and not decoy.exists()  # no key read in secure mode
@@ -274,7 +281,6 @@ def test_privacy_secure_mode_reaches_the_dp_reward_model_and_rlhf_privacy_does_n
     # a ledger mixing these secure entries with keyed ones is refused: tests/stages/test_account_modes.py
 
     tiny["privacy"]["secure_mode"] = False
-    tiny["rlhf"]["privacy"].update(secure_mode=True)
     keyed = [reward_model_run(tiny) for _ in range(2)]
     assert key.exists() and not decoy.exists()  # privacy.key_file's key, never rlhf.privacy's
     a, b = keyed

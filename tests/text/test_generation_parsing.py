@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import pytest
 
+from dpinstruct.io.settings.generation import SampleRules
 from dpinstruct.models.loading import load_tokenizer
 from dpinstruct.text.generation_parsing import parse
 
@@ -17,7 +18,7 @@ def tok(generator_dir):
 def run(tok, text_ids, **rules):
     prompt = tok("<|im_start|>user\n", add_special_tokens=False)["input_ids"]
     return parse(text_ids, prompt_ids=prompt, special_ids=set(tok.all_special_ids), tokenizer=tok,
-                 rules={**RULES, **rules})
+                 rules=SampleRules(**{**RULES, **rules}))
 
 
 def ids(tok, text):

@@ -17,11 +17,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from dpinstruct.io.settings.data import Cleaning
 from dpinstruct.models.loading import load_tokenizer
 from dpinstruct.text.cleaning import clean
 from dpinstruct.text.splits import partition_of, split_shares
 
-CFG = {"min_tokens": 2, "max_tokens": 128, "dedup_casefold": True, "ngram_dedup_n": 10}
+CFG = Cleaning(min_tokens=2, max_tokens=128, dedup_casefold=True, ngram_dedup_n=10)
 WORDS = ["alpha", "beta", "gamma", "delta", "omega", "write", "poem", "code", "about", "the", "cat", "sea"]
 
 

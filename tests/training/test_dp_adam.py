@@ -9,6 +9,7 @@ import pytest
 import torch
 from peft import LoraConfig, get_peft_model
 
+from dpinstruct.io.settings.privacy import Randomness
 from dpinstruct.models.loading import load_generator
 from dpinstruct.privacy.randomness import DPRandom
 from dpinstruct.training import dp_adam as D
@@ -19,7 +20,7 @@ PROMPT = "<|im_start|>user\n"
 
 
 def keyed(purpose="noise"):
-    return DPRandom.for_purpose(purpose, "test", privacy={"secure_mode": False})
+    return DPRandom.for_purpose(purpose, "test", privacy=Randomness(secure_mode=False))
 
 
 @pytest.fixture(scope="module")

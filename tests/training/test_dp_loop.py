@@ -20,7 +20,7 @@ def test_epsilon_is_logged_at_most_every_ceil_t_over_points_steps_and_at_the_las
     monkeypatch.setenv("DPINSTRUCT_KEY_FILE", str(tmp_path / "key"))
     sigma, q, delta = 1.1, 0.05, 1e-5
     # a stand-in run key: DPLoop binds its streams to whatever run_key.run_key(...) the stage built
-    loop = dp_loop.DPLoop("s", privacy={}, run_key=("stage:s", "params:p"), steps=steps, noise_multiplier=sigma,
+    loop = dp_loop.DPLoop("s", privacy=None, run_key=("stage:s", "params:p"), steps=steps, noise_multiplier=sigma,
                           sampling_rate=q, delta=delta, checkpoint_dir=tmp_path / "ckpt", live_dir=tmp_path / "live",
                           checkpoint_every=1000)
     model = torch.nn.Linear(2, 1, bias=False)

@@ -7,6 +7,7 @@ import dp_accounting
 import pytest
 import torch
 
+from dpinstruct.io.settings.privacy import Budget
 from dpinstruct.privacy import accounting as acct
 from dpinstruct.privacy import ledger
 from dpinstruct.training.mechanism import MECHANISM, DPSGDMechanism, Scope
@@ -15,14 +16,14 @@ DELTA = 1e-5
 
 
 def plan(epochs_per_batch: int = 1, epsilon: float = 4.0) -> acct.DPSGDPlan:
-    return acct.plan_dp_sgd({"epsilon": epsilon, "delta": DELTA}, budget_name="rl.privacy", noisy_count=500.3,
+    return acct.plan_dp_sgd(Budget(epsilon=epsilon, delta=DELTA), budget_name="rl.privacy", noisy_count=500.3,
                             sampling_rate=0.1, steps=6, clip_norm=0.5, epochs_per_batch=epochs_per_batch,
                             prior=[(20.0, 1.0, 1)])
 
 
 def run(tmp_path, monkeypatch, p: acct.DPSGDPlan, key=None) -> tuple[DPSGDMechanism, list[int]]:
     monkeypatch.setenv("DPINSTRUCT_KEY_FILE", str(key or tmp_path / "key"))
-    mech = DPSGDMechanism(Scope("s", "d", "all", "one row"), p, privacy={}, run_key=("stage:s",),
+    mech = DPSGDMechanism(Scope("s", "d", "all", "one row"), p, privacy=None, run_key=("stage:s",),
                           checkpoint_dir=tmp_path / "ckpt", live_dir=tmp_path / "live", checkpoint_every=100)
     model = torch.nn.Linear(3, 1, bias=False)
     dp = mech.optimizer(model, lr=0.1)
@@ -88,7 +89,7 @@ def test_prv_components_follow_the_event_tree():
 
 def test_steps_need_the_optimizer_first(tmp_path, monkeypatch):
     monkeypatch.setenv("DPINSTRUCT_KEY_FILE", str(tmp_path / "key"))
-    mech = DPSGDMechanism(Scope("s", "d", "all", "one row"), plan(), privacy={}, run_key=("stage:s",),
+    mech = DPSGDMechanism(Scope("s", "d", "all", "one row"), plan(), privacy=None, run_key=("stage:s",),
                           checkpoint_dir=tmp_path / "c", live_dir=tmp_path / "l", checkpoint_every=10)
     with pytest.raises(RuntimeError, match="optimizer"):
         next(iter(mech.steps(desc="x")))
