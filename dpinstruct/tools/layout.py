@@ -129,9 +129,9 @@ def write_code_deps(root: Path | str, *, check: bool = False) -> list[str]:
             stage = line.strip()[:-1]
         if stage in specs and line.strip().startswith("deps: ["):
             j = i
-            while lines[j].count("]") < 1 or "".join(lines[i:j + 1]).count("[") > "".join(lines[i:j + 1]).count("]"):
+            while "]" not in lines[j]:  # a deps list holds no nested list: its first "]" closes it
                 j += 1
-            old = yaml.safe_load("\n".join(l.strip() if n else l.strip() for n, l in enumerate(lines[i:j + 1])))["deps"]
+            old = yaml.safe_load("\n".join(line.strip() for line in lines[i:j + 1]))["deps"]
             code = [d for d in old if d.startswith(CODE_DEP)]
             new = code_deps(root, stage)
             if code != new:
